@@ -1,0 +1,106 @@
+"""A dimension-robust estimate of the exact weight beta*(x, sigma) = Z_u p_unsafe,sigma(x) / (Z_s p_safe,sigma(x)).
+
+The paper's beta(x) = (1/N) sum_n N(x; x_n, sigma^2 I) is a normalised density: in D dimensions it carries
+(2 pi sigma^2)^(-D/2) and swings over hundreds of orders of magnitude across noise levels, so no constant
+eta turns it into beta*. Here both densities in the ratio are kernel density estimates with the *same*
+Gaussian kernel, so the normaliser cancels exactly:
+
+    beta*(x, sigma) ~= (pi_u / (1 - pi_u)) * [ (1/N) sum_n k_sigma(x, x_n) ] / [ (1/M_s) sum_m k_sigma(x, y_m) ]
+
+* x_n: the negation set (samples of p_unsafe);
+* y_m: a *bank* of the model's own unguided samples that the negation set does not cover (samples of p_safe);
+* pi_u: the share of the bank that the negation set covers (an estimate of Z_u).
+
+A bank sample y is "covered" by the negation set when negation items make up a large enough share of
+its k nearest neighbours in (negation set + rest of the bank). Where p_safe vanishes that share is
+N / (N + M pi_u) >= N / (N + M); where p_unsafe vanishes it is 0; the default cut is half the
+smallest unsafe value, N / (2 (N + M)). Unlike a fixed distance radius this rule compares densities,
+so it does not degrade with dimension (in 256-D a radius rule labelled half of a 25%-unsafe bank
+unsafe). A fixed ``radius`` is available for sets where distances are meaningful. Assumptions: the
+model samples p_data well, the negation set samples p_unsafe, and the two are separable at k neighbours. Cost: M unguided samples up front, then one extra kernel pass over
+the bank per denoiser call. No training data is needed.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..kernels import kernel_moments, nearest_distances, nearest_neighbours, squared_norms
+from ..negation import NegationSet
+
+
+def coverage_radius(negation: NegationSet, quantile: float = 0.99) -> float:
+    """``quantile`` of the leave-one-out nearest-neighbour distances inside the negation set."""
+    if len(negation) < 2:
+        raise ValueError("a coverage radius needs a negation set of at least two items")
+    if not 0 < quantile <= 1:
+        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
+    loo = nearest_distances(negation.flat, negation.flat, exclude_self=True)
+    return float(torch.quantile(loo.double().cpu(), quantile))
+
+
+def negation_share(bank: Tensor, negation: NegationSet, neighbours: int = 20) -> Tensor:
+    """For each bank sample (M, D): the share of negation items among its ``neighbours`` nearest neighbours
+    in the union of the negation set and the rest of the bank (M,)."""
+    k = min(neighbours, len(negation), bank.shape[0] - 1)
+    if k < 1:
+        raise ValueError("negation_share needs at least two bank samples")
+    to_negation, _ = nearest_neighbours(bank, negation.flat, k)
+    to_bank, _ = nearest_neighbours(bank, bank, k, exclude_self=True)
+    merged = torch.cat([to_negation, to_bank], 1)  # (M, 2k)
+    is_negation = torch.cat([torch.ones_like(to_negation), torch.zeros_like(to_bank)], 1)
+    order = merged.argsort(1)[:, :k]
+    return is_negation.gather(1, order).mean(1)
+
+
+class Calibration:
+    """``safe_bank`` (M_s, D): model samples not covered by the negation set; ``unsafe_share`` = pi_u in (0, 1)."""
+
+    def __init__(self, safe_bank: Tensor, unsafe_share: float, *, radius: float | None = None, bank_size: int | None = None):
+        if safe_bank.ndim != 2 or safe_bank.shape[0] == 0:
+            raise ValueError(f"safe_bank must be a non-empty (M, D) tensor, got {tuple(safe_bank.shape)}")
+        if not torch.isfinite(safe_bank).all():
+            raise ValueError("calibration bank contains NaN or infinite values")
+        if not 0 <= unsafe_share < 1:
+            raise ValueError(f"unsafe_share must be in [0, 1), got {unsafe_share}")
+        self.safe_bank = safe_bank
+        self.safe_sq_norms = squared_norms(safe_bank)
+        self.unsafe_share = unsafe_share
+        self.radius = radius
+        self.bank_size = bank_size or safe_bank.shape[0]
+
+    @property
+    def dim(self) -> int:
+        return self.safe_bank.shape[1]
+
+    def __repr__(self) -> str:
+        return (f"Calibration(bank={self.bank_size}, safe={self.safe_bank.shape[0]}, "
+                f"unsafe_share={self.unsafe_share:.4f}, radius={self.radius})")
+
+    @classmethod
+    def from_bank(cls, bank: Tensor, negation: NegationSet, *, neighbours: int = 20, radius: float | None = None) -> Calibration:
+        """Split model samples ``bank`` (M, *item_shape) into covered / not covered by the negation set,
+        by the k-nearest-neighbour share rule (default) or by a fixed distance ``radius``."""
+        negation.check_compatible(bank, "calibration bank")
+        flat = bank.reshape(bank.shape[0], -1)
+        if radius is not None:
+            covered = nearest_distances(flat, negation.flat) <= radius
+        else:
+            covered = negation_share(flat, negation, neighbours) >= 0.5 * len(negation) / (len(negation) + flat.shape[0])
+        if bool(covered.all()):
+            raise ValueError("every bank sample is covered by the negation set: nothing is left to estimate p_safe")
+        share = float(covered.double().mean())
+        return cls(flat[~covered], share, radius=radius, bank_size=flat.shape[0])
+
+    def log_beta_star(self, x: Tensor, sigma: Tensor, log_unsafe_density: Tensor) -> Tensor:
+        """log beta*(x) (B,) from log[(1/N) sum_n k(x, x_n)] (B,) computed by the caller with the same kernel."""
+        if self.unsafe_share == 0:
+            return torch.full_like(log_unsafe_density, -math.inf)
+        safe = kernel_moments(x, self.safe_bank.to(x.device), sigma, point_sq_norms=self.safe_sq_norms.to(x.device),
+                              with_mean=False)
+        log_safe_density = safe.log_mass - math.log(self.safe_bank.shape[0])
+        log_odds = math.log(self.unsafe_share) - math.log1p(-self.unsafe_share)
+        return log_odds + log_unsafe_density - log_safe_density

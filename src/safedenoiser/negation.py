@@ -1,0 +1,164 @@
+"""The negation set: N clean examples, in the denoiser's space, that sampling must avoid."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from .kernels import DEFAULT_CHUNK, KernelMoments, kernel_moments, squared_norms
+
+FORMAT_VERSION = "1"
+
+
+class NegationSetError(ValueError):
+    """A negation set that is empty, non-finite, or does not match the samples it is used with."""
+
+
+def content_hash(data: Tensor) -> str:
+    """sha256 over dtype, shape and the raw bytes of ``data`` (row-major, on CPU)."""
+    digest = hashlib.sha256(f"{data.dtype}|{tuple(data.shape)}|".encode())
+    flat = data.detach().reshape(data.shape[0], -1)
+    for start in range(0, flat.shape[0], DEFAULT_CHUNK):
+        block = flat[start : start + DEFAULT_CHUNK].contiguous().cpu()
+        digest.update(block.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class NegationSet:
+    """N clean items ``data`` (N, *item_shape) to negate, with where they live and where they came from.
+
+    ``space`` names the space of the items (``"data"``, ``"pixels"``, ``"sd-vae latents"`` ...);
+    ``metadata`` is free-form and travels with the safetensors file. Squared norms are cached for the
+    streamed kernels (:mod:`safedenoiser.kernels`).
+    """
+
+    def __init__(self, data: Tensor, *, space: str = "data", source: str = "", metadata: dict[str, Any] | None = None):
+        if not isinstance(data, Tensor):
+            raise NegationSetError(f"negation data must be a torch.Tensor, got {type(data).__name__}")
+        if data.ndim < 2:
+            raise NegationSetError(f"negation data must have shape (N, *item_shape), got {tuple(data.shape)}")
+        if data.shape[0] == 0:
+            raise NegationSetError("negation set is empty: it needs at least one item")
+        if not data.is_floating_point():
+            raise NegationSetError(f"negation data must be floating point, got {data.dtype}")
+        if not _all_finite(data):
+            raise NegationSetError("negation set contains NaN or infinite values")
+        self.data = data
+        self.space = space
+        self.source = source
+        self.metadata = dict(metadata or {})
+        self._sq_norms: Tensor | None = None
+        self._hash: str | None = None
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __repr__(self) -> str:
+        return f"NegationSet(n={len(self)}, item_shape={self.item_shape}, dtype={self.dtype}, space={self.space!r})"
+
+    @property
+    def item_shape(self) -> tuple[int, ...]:
+        return tuple(self.data.shape[1:])
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.item_shape)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.data.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.data.device
+
+    @property
+    def flat(self) -> Tensor:
+        """The items as (N, D)."""
+        return self.data.reshape(len(self), -1)
+
+    @property
+    def sq_norms(self) -> Tensor:
+        """Cached |x_n|^2 (N,), accumulated in float32 (float64 for float64 data)."""
+        if self._sq_norms is None:
+            self._sq_norms = squared_norms(self.flat)
+        return self._sq_norms
+
+    @property
+    def content_hash(self) -> str:
+        if self._hash is None:
+            self._hash = content_hash(self.data)
+        return self._hash
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> NegationSet:
+        """A copy on ``device`` with storage ``dtype`` (kernels always accumulate in float32 or better)."""
+        return NegationSet(self.data.to(device=device, dtype=dtype), space=self.space, source=self.source, metadata=self.metadata)
+
+    def check_compatible(self, x: Tensor, name: str = "samples") -> None:
+        """Raise a clear error unless ``x`` is a float batch (B, *item_shape) this set can be compared with."""
+        if not isinstance(x, Tensor):
+            raise NegationSetError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if tuple(x.shape[1:]) != self.item_shape:
+            raise NegationSetError(
+                f"{name} have item shape {tuple(x.shape[1:])} but the negation set ({self.space}) has item shape {self.item_shape}"
+            )
+        if not x.is_floating_point():
+            raise NegationSetError(f"{name} must be floating point, got {x.dtype}")
+        if x.device != self.device:
+            raise NegationSetError(f"{name} are on {x.device} but the negation set is on {self.device}; use NegationSet.to()")
+
+    def moments(self, x: Tensor, bandwidth: Tensor | float, **kwargs: Any) -> KernelMoments:
+        """Kernel moments of this set at flattened queries ``x`` (B, D); see :func:`kernel_moments`."""
+        return kernel_moments(x, self.flat, bandwidth, point_sq_norms=self.sq_norms, **kwargs)
+
+    def save(self, path: str | Path) -> None:
+        """Write a safetensors file (tensor ``data``) with space, source, hash and metadata in its header."""
+        header = {
+            "format": "safedenoiser.negation",
+            "format_version": FORMAT_VERSION,
+            "space": self.space,
+            "source": self.source,
+            "content_hash": self.content_hash,
+            "metadata": json.dumps(self.metadata, sort_keys=True),
+        }
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"data": self.data.detach().contiguous().cpu()}, str(tmp), metadata=header)
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu", verify: bool = True) -> NegationSet:
+        """Read a file written by :meth:`save`; with ``verify`` the content hash is checked."""
+        path = Path(path)
+        if not path.is_file():
+            raise NegationSetError(f"negation set file not found: {path}")
+        try:
+            with safe_open(str(path), framework="pt", device=str(device)) as handle:
+                header = handle.metadata() or {}
+                if "data" not in handle.keys():
+                    raise NegationSetError(f"{path} has no 'data' tensor; is it a negation set file?")
+                data = handle.get_tensor("data")
+        except NegationSetError:
+            raise
+        except Exception as err:  # safetensors raises its own types for corrupt headers
+            raise NegationSetError(f"cannot read negation set {path}: {err}") from err
+        if header.get("format") != "safedenoiser.negation":
+            raise NegationSetError(f"{path} is a safetensors file but not a safedenoiser negation set")
+        loaded = cls(data, space=header.get("space", "data"), source=header.get("source", ""),
+                     metadata=json.loads(header.get("metadata", "{}")))
+        if verify and header.get("content_hash") not in (None, loaded.content_hash):
+            raise NegationSetError(f"{path}: content hash mismatch (file corrupted or edited)")
+        return loaded
+
+
+def _all_finite(data: Tensor) -> bool:
+    flat = data.reshape(data.shape[0], -1)
+    return all(bool(torch.isfinite(flat[s : s + DEFAULT_CHUNK]).all()) for s in range(0, flat.shape[0], DEFAULT_CHUNK))
