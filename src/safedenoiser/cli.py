@@ -12,6 +12,7 @@ import sys
 
 COMMAND_MODULES = [
     "safedenoiser.bench.toy",
+    "safedenoiser.images.train",
 ]
 
 

@@ -23,6 +23,8 @@ from torch import Tensor
 
 Distance = Literal["squared", "euclidean"]
 DEFAULT_CHUNK = 4096
+CPU_CHUNK_BYTES = 2 << 20
+ACCELERATOR_CHUNK_BYTES = 64 << 20
 
 
 @dataclass
@@ -44,8 +46,12 @@ def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
 
 
 def batch_sigma(sigma: Tensor | float, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Broadcast a scalar or (B,) noise level to a (B,) tensor, checking that it is positive and finite."""
-    sigma = torch.as_tensor(sigma, dtype=dtype, device=device).reshape(-1)
+    """Broadcast a scalar or (B,) noise level to a (B,) tensor; positive and finite is checked for Python
+    numbers and CPU tensors (a check on an accelerator would synchronise the sampling loop)."""
+    sigma = torch.as_tensor(sigma, dtype=dtype).reshape(-1)
+    if sigma.device.type == "cpu" and not bool(((sigma > 0) & torch.isfinite(sigma)).all()):
+        raise ValueError(f"noise level / bandwidth must be positive and finite, got {sigma.tolist()[:4]}")
+    sigma = sigma.to(device)
     if sigma.numel() == 1:
         sigma = sigma.expand(batch)
     if sigma.shape != (batch,):
@@ -53,12 +59,22 @@ def batch_sigma(sigma: Tensor | float, batch: int, dtype: torch.dtype, device: t
     return sigma
 
 
-def squared_norms(points: Tensor, dtype: torch.dtype | None = None) -> Tensor:
-    """|x_n|^2 for (N, D) points, accumulated in ``dtype`` (default: :func:`compute_dtype`)."""
+def auto_chunk_size(dim: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> int:
+    """Rows per chunk: about 2 MiB of points in the compute dtype on a CPU (each chunk is read twice, for the
+    logits and for the weighted sum, and the second read should come from cache), 64 MiB on an accelerator
+    (fewer kernel launches)."""
+    target = CPU_CHUNK_BYTES if torch.device(device).type == "cpu" else ACCELERATOR_CHUNK_BYTES
+    itemsize = torch.finfo(dtype).bits // 8
+    return int(max(64, min(65536, target // max(1, dim * itemsize))))
+
+
+def squared_norms(points: Tensor, dtype: torch.dtype | None = None, chunk_size: int | None = None) -> Tensor:
+    """|x_n|^2 for (N, D) points, accumulated in ``dtype`` (default: :func:`compute_dtype`), one pass over chunks."""
     dtype = dtype or compute_dtype(points.dtype)
+    chunk_size = chunk_size or auto_chunk_size(points.shape[1], dtype, points.device)
     out = torch.empty(points.shape[0], dtype=dtype, device=points.device)
-    for start in range(0, points.shape[0], DEFAULT_CHUNK):
-        chunk = points[start : start + DEFAULT_CHUNK].to(dtype)
+    for start in range(0, points.shape[0], chunk_size):
+        chunk = points[start : start + chunk_size].to(dtype)
         out[start : start + chunk.shape[0]] = (chunk * chunk).sum(1)
     return out
 
@@ -71,12 +87,18 @@ def kernel_moments(
     point_sq_norms: Tensor | None = None,
     distance: Distance = "squared",
     with_mean: bool = True,
-    chunk_size: int = DEFAULT_CHUNK,
+    chunk_size: int | None = None,
+    dtype: torch.dtype | None = None,
 ) -> KernelMoments:
-    """Stream the kernel moments of ``points`` (N, D) at queries ``x`` (B, D).
+    """Stream the kernel moments of ``points`` (N, D) at queries ``x`` (B, D) in one pass over the points.
 
     ``bandwidth`` is sigma (squared distance) or s (plain distance), scalar or (B,).
     ``point_sq_norms`` (N,) may be cached by the caller (see :class:`~safedenoiser.NegationSet`).
+    ``points`` may be stored in float16 / bfloat16 / float32 / float64, on the queries' device or not (a
+    memory-mapped CPU tensor streamed to an accelerator, say); each chunk is copied into one reused buffer
+    in the accumulation ``dtype`` (default :func:`compute_dtype` of the inputs: float32, or float64 if any
+    input is float64). ``chunk_size`` rows per step (default :func:`auto_chunk_size`). Extra memory:
+    O(B x D + chunk x D + B x chunk), whatever N.
     """
     if x.ndim != 2 or points.ndim != 2 or x.shape[1] != points.shape[1]:
         raise ValueError(f"kernel_moments needs x (B, D) and points (N, D); got {tuple(x.shape)} and {tuple(points.shape)}")
@@ -84,36 +106,67 @@ def kernel_moments(
         raise ValueError("kernel_moments needs at least one point")
     if distance not in ("squared", "euclidean"):
         raise ValueError(f"unknown distance {distance!r}; expected 'squared' or 'euclidean'")
-    dtype = compute_dtype(x.dtype, points.dtype)
+    if dtype is None:
+        dtype = compute_dtype(x.dtype, points.dtype)
+    elif dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"kernel accumulation dtype must be torch.float32 or torch.float64, got {dtype}")
+    if not points.is_floating_point():
+        raise ValueError(f"points must be floating point, got {points.dtype}")
     batch, dim = x.shape
+    count = points.shape[0]
+    device = x.device
+    chunk_size = chunk_size or auto_chunk_size(dim, dtype, device)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     xs = x.to(dtype)
+    band = batch_sigma(bandwidth, batch, dtype, device)
+    inv_band_sq = 1.0 / (band * band)  # (B,)
+    squared = distance == "squared"
     x_sq = (xs * xs).sum(1)  # (B,)
-    band = batch_sigma(bandwidth, batch, dtype, x.device)
-    inv_two_band_sq = 0.5 / (band * band)  # (B,)
+    buffer = None
+    if points.dtype != dtype or points.device != device:
+        buffer = torch.empty(min(chunk_size, count), dim, dtype=dtype, device=device)
 
-    run_max = torch.full((batch,), -math.inf, dtype=dtype, device=x.device)
-    run_sum = torch.zeros(batch, dtype=dtype, device=x.device)
-    acc = torch.zeros(batch, dim, dtype=dtype, device=x.device) if with_mean else None
-    for start in range(0, points.shape[0], chunk_size):
-        chunk = points[start : start + chunk_size].to(device=x.device, dtype=dtype)  # (C, D)
+    run_max = torch.full((batch,), -math.inf, dtype=dtype, device=device)
+    run_sum = torch.zeros(batch, dtype=dtype, device=device)
+    acc = torch.zeros(batch, dim, dtype=dtype, device=device) if with_mean else None
+    for start in range(0, count, chunk_size):
+        block = points[start : start + chunk_size]
+        chunk = block if buffer is None else buffer[: block.shape[0]].copy_(block, non_blocking=True)  # (C, D)
         if point_sq_norms is None:
             chunk_sq = (chunk * chunk).sum(1)
         else:
-            chunk_sq = point_sq_norms[start : start + chunk.shape[0]].to(device=x.device, dtype=dtype)
-        sq_dist = torch.addmm(x_sq[:, None] + chunk_sq[None, :], xs, chunk.T, alpha=-2.0).clamp_min_(0)  # (B, C)
-        if distance == "squared":
-            logits = sq_dist.mul_(-inv_two_band_sq[:, None])
+            chunk_sq = point_sq_norms[start : start + chunk.shape[0]].to(device=device, dtype=dtype)
+        if squared:
+            # l_n + |x|^2 / (2 sigma^2) = (x . x_n - |x_n|^2 / 2) / sigma^2: the row constant is added at the end
+            logits = torch.addmm(chunk_sq[None, :], xs, chunk.T, beta=-0.5).mul_(inv_band_sq[:, None])
         else:
-            logits = sq_dist.sqrt_().mul_(-inv_two_band_sq[:, None])
+            sq_dist = torch.addmm(x_sq[:, None] + chunk_sq[None, :], xs, chunk.T, alpha=-2.0).clamp_min_(0)
+            logits = sq_dist.sqrt_().mul_(-0.5 * inv_band_sq[:, None])
         new_max = torch.maximum(run_max, logits.amax(1))
-        rescale = torch.exp(run_max - new_max)  # (B,), 0 on the first chunk
-        weights = torch.exp(logits.sub_(new_max[:, None]))  # (B, C), in (0, 1]
-        run_sum = run_sum * rescale + weights.sum(1)
+        rescale = (run_max - new_max).exp_()  # (B,), 0 on the first chunk
+        weights = logits.sub_(new_max[:, None]).exp_()  # (B, C), in (0, 1]
+        run_sum = run_sum.mul_(rescale).add_(weights.sum(1))
         if acc is not None:
-            acc = torch.addmm(acc * rescale[:, None], weights, chunk)
+            acc.mul_(rescale[:, None]).addmm_(weights, chunk)
         run_max = new_max
+    if squared:
+        run_max = run_max - 0.5 * x_sq * inv_band_sq
     mean = acc / run_sum[:, None] if acc is not None else None
     return KernelMoments(log_mass=run_max + torch.log(run_sum), mean=mean, max_logit=run_max)
+
+
+def combine_moments(parts: list[KernelMoments]) -> KernelMoments:
+    """Moments of the union of disjoint point sets from the moments of each (shards, files, devices):
+    log_mass = logsumexp_i log_mass_i, mean = sum_i exp(log_mass_i - log_mass) mean_i."""
+    if not parts:
+        raise ValueError("combine_moments needs at least one part")
+    log_mass = torch.logsumexp(torch.stack([p.log_mass for p in parts]), 0)
+    max_logit = torch.stack([p.max_logit for p in parts]).amax(0)
+    mean = None
+    if all(p.mean is not None for p in parts):
+        mean = sum(torch.exp(p.log_mass - log_mass)[:, None] * p.mean for p in parts)
+    return KernelMoments(log_mass=log_mass, mean=mean, max_logit=max_logit)
 
 
 def gaussian_log_normaliser(dim: int, sigma: Tensor) -> Tensor:

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 
-from .kernels import DEFAULT_CHUNK, KernelMoments, kernel_moments, squared_norms
+from .kernels import DEFAULT_CHUNK, KernelMoments, compute_dtype, kernel_moments, squared_norms
 
 FORMAT_VERSION = "1"
 
@@ -38,9 +38,16 @@ class NegationSet:
     ``space`` names the space of the items (``"data"``, ``"pixels"``, ``"sd-vae latents"`` ...);
     ``metadata`` is free-form and travels with the safetensors file. Squared norms are cached for the
     streamed kernels (:mod:`safedenoiser.kernels`).
+
+    Kernel options: the storage dtype is the dtype of ``data`` (float16 / bfloat16 halve the bytes read per
+    call); ``compute_dtype`` (float32 or float64, default: float64 for float64 data or queries, else
+    float32) is what the kernels accumulate in; ``chunk_size`` is the default rows per kernel step.
+    ``data`` may be a memory-mapped tensor (:meth:`open`, :meth:`load` with ``mmap=True``); ``validate=False``
+    skips the pass over all items that checks they are finite.
     """
 
-    def __init__(self, data: Tensor, *, space: str = "data", source: str = "", metadata: dict[str, Any] | None = None):
+    def __init__(self, data: Tensor, *, space: str = "data", source: str = "", metadata: dict[str, Any] | None = None,
+                 compute_dtype: torch.dtype | None = None, chunk_size: int | None = None, validate: bool = True):
         if not isinstance(data, Tensor):
             raise NegationSetError(f"negation data must be a torch.Tensor, got {type(data).__name__}")
         if data.ndim < 2:
@@ -49,13 +56,19 @@ class NegationSet:
             raise NegationSetError("negation set is empty: it needs at least one item")
         if not data.is_floating_point():
             raise NegationSetError(f"negation data must be floating point, got {data.dtype}")
-        if not _all_finite(data):
+        if validate and not _all_finite(data):
             raise NegationSetError("negation set contains NaN or infinite values")
+        if compute_dtype not in (None, torch.float32, torch.float64):
+            raise NegationSetError(f"compute_dtype must be torch.float32, torch.float64 or None, got {compute_dtype}")
+        if chunk_size is not None and chunk_size < 1:
+            raise NegationSetError(f"chunk_size must be >= 1, got {chunk_size}")
         self.data = data
         self.space = space
         self.source = source
         self.metadata = dict(metadata or {})
-        self._sq_norms: Tensor | None = None
+        self.compute_dtype = compute_dtype
+        self.chunk_size = chunk_size
+        self._sq_norms: dict[torch.dtype, Tensor] = {}
         self._hash: str | None = None
 
     def __len__(self) -> int:
@@ -87,10 +100,14 @@ class NegationSet:
 
     @property
     def sq_norms(self) -> Tensor:
-        """Cached |x_n|^2 (N,), accumulated in float32 (float64 for float64 data)."""
-        if self._sq_norms is None:
-            self._sq_norms = squared_norms(self.flat)
-        return self._sq_norms
+        """Cached |x_n|^2 (N,), accumulated in ``compute_dtype`` (default float32, float64 for float64 data)."""
+        return self.squared_norms(self.compute_dtype or compute_dtype(self.dtype))
+
+    def squared_norms(self, dtype: torch.dtype) -> Tensor:
+        """Cached |x_n|^2 (N,) accumulated in ``dtype`` (one pass over the set on first use)."""
+        if dtype not in self._sq_norms:
+            self._sq_norms[dtype] = squared_norms(self.flat, dtype)
+        return self._sq_norms[dtype]
 
     @property
     def content_hash(self) -> str:
@@ -100,7 +117,8 @@ class NegationSet:
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> NegationSet:
         """A copy on ``device`` with storage ``dtype`` (kernels always accumulate in float32 or better)."""
-        return NegationSet(self.data.to(device=device, dtype=dtype), space=self.space, source=self.source, metadata=self.metadata)
+        return NegationSet(self.data.to(device=device, dtype=dtype), space=self.space, source=self.source,
+                           metadata=self.metadata, compute_dtype=self.compute_dtype, chunk_size=self.chunk_size)
 
     def check_compatible(self, x: Tensor, name: str = "samples") -> None:
         """Raise a clear error unless ``x`` is a float batch (B, *item_shape) this set can be compared with."""
@@ -116,28 +134,36 @@ class NegationSet:
             raise NegationSetError(f"{name} are on {x.device} but the negation set is on {self.device}; use NegationSet.to()")
 
     def moments(self, x: Tensor, bandwidth: Tensor | float, **kwargs: Any) -> KernelMoments:
-        """Kernel moments of this set at flattened queries ``x`` (B, D); see :func:`kernel_moments`."""
-        return kernel_moments(x, self.flat, bandwidth, point_sq_norms=self.sq_norms, **kwargs)
+        """Kernel moments of this set at flattened queries ``x`` (B, D); see :func:`kernel_moments`.
+
+        ``dtype`` and ``chunk_size`` default to this set's ``compute_dtype`` and ``chunk_size``."""
+        if kwargs.get("dtype") is None:
+            kwargs["dtype"] = self.compute_dtype or compute_dtype(x.dtype, self.dtype)
+        if kwargs.get("chunk_size") is None:
+            kwargs["chunk_size"] = self.chunk_size
+        return kernel_moments(x, self.flat, bandwidth, point_sq_norms=self.squared_norms(kwargs["dtype"]), **kwargs)
 
     def save(self, path: str | Path) -> None:
         """Write a safetensors file (tensor ``data``) with space, source, hash and metadata in its header."""
-        header = {
-            "format": "safedenoiser.negation",
-            "format_version": FORMAT_VERSION,
-            "space": self.space,
-            "source": self.source,
-            "content_hash": self.content_hash,
-            "metadata": json.dumps(self.metadata, sort_keys=True),
-        }
+        header = file_header(self.content_hash, space=self.space, source=self.source, metadata=self.metadata)
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
         save_file({"data": self.data.detach().contiguous().cpu()}, str(tmp), metadata=header)
         tmp.replace(path)
 
     @classmethod
-    def load(cls, path: str | Path, device: torch.device | str = "cpu", verify: bool = True) -> NegationSet:
-        """Read a file written by :meth:`save`; with ``verify`` the content hash is checked."""
+    def load(cls, path: str | Path, device: torch.device | str = "cpu", verify: bool = True, mmap: bool = False,
+             **options: Any) -> NegationSet:
+        """Read a file written by :meth:`save`; with ``verify`` the content hash is checked (one pass over the data).
+
+        ``mmap=True`` maps the file instead of reading it (CPU only; see :meth:`open`). ``options``
+        (``compute_dtype``, ``chunk_size``) are passed to the constructor."""
         path = Path(path)
+        if mmap:
+            if torch.device(device).type != "cpu":
+                raise NegationSetError(f"a memory-mapped negation set lives on the CPU, not {device}; stream it to the "
+                                       "accelerator through the kernels or load it without mmap")
+            return cls.open(path, verify=verify, **options)
         if not path.is_file():
             raise NegationSetError(f"negation set file not found: {path}")
         try:
@@ -150,13 +176,51 @@ class NegationSet:
             raise
         except Exception as err:  # safetensors raises its own types for corrupt headers
             raise NegationSetError(f"cannot read negation set {path}: {err}") from err
+        return cls._from_header(path, data, header, verify, {"validate": True, **options})
+
+    @classmethod
+    def _from_header(cls, path: Path, data: Tensor, header: dict[str, str], verify: bool, options: dict[str, Any]) -> NegationSet:
         if header.get("format") != "safedenoiser.negation":
             raise NegationSetError(f"{path} is a safetensors file but not a safedenoiser negation set")
         loaded = cls(data, space=header.get("space", "data"), source=header.get("source", ""),
-                     metadata=json.loads(header.get("metadata", "{}")))
+                     metadata=json.loads(header.get("metadata", "{}")), **{"validate": verify, **options})
         if verify and header.get("content_hash") not in (None, loaded.content_hash):
             raise NegationSetError(f"{path}: content hash mismatch (file corrupted or edited)")
         return loaded
+
+    @classmethod
+    def open(cls, path: str | Path, *, dtype: torch.dtype | None = None, shape: tuple[int, ...] | None = None,
+             offset: int = 0, verify: bool = True, space: str = "data", source: str = "", **options: Any) -> NegationSet:
+        """A memory-mapped negation set: nothing is read until a kernel streams it.
+
+        ``path`` is a negation safetensors file (:meth:`save`, :func:`~safedenoiser.scale.NegationFileWriter`),
+        a ``.npy`` array, or a raw row-major array (give ``dtype``, ``shape`` and optionally a byte ``offset``).
+        ``verify`` checks the content hash (safetensors) and finiteness: one pass over the file; pass
+        ``verify=False`` for sets much larger than memory.
+        """
+        from .scale.mmap import MappedFileError, map_array, map_safetensors
+
+        path = Path(path)
+        try:
+            if path.suffix == ".safetensors":
+                data, header = map_safetensors(path)
+                return cls._from_header(path, data, header, verify, options)
+            data = map_array(path, dtype=dtype, shape=shape, offset=offset)
+        except MappedFileError as err:
+            raise NegationSetError(str(err)) from err
+        return cls(data, space=space, source=source or str(path), validate=verify, **options)
+
+
+def file_header(content_hash: str, *, space: str, source: str, metadata: dict[str, Any]) -> dict[str, str]:
+    """The string metadata of a negation safetensors file (format, version, space, source, hash, metadata)."""
+    return {
+        "format": "safedenoiser.negation",
+        "format_version": FORMAT_VERSION,
+        "space": space,
+        "source": source,
+        "content_hash": content_hash,
+        "metadata": json.dumps(metadata, sort_keys=True),
+    }
 
 
 def _all_finite(data: Tensor) -> bool:

@@ -73,7 +73,7 @@ class CalibratedCorrection(Correction):
                  log_threshold: float = -math.inf, max_weight: float = 100.0, **kwargs: Any):
         super().__init__(negation, **kwargs)
         if not isinstance(calibration, Calibration):
-            raise TypeError("calibrated mode needs a Calibration (see Calibration.from_bank)")
+            raise ValueError("calibrated mode needs a Calibration (see Calibration.from_bank)")
         if calibration.dim != negation.dim:
             raise ValueError(f"calibration bank has dimension {calibration.dim} but the negation set has {negation.dim}")
         if not gain >= 0 or not math.isfinite(gain):

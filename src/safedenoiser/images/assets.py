@@ -1,0 +1,121 @@
+"""Shipped and derived evaluation data: negation sets, reference feature statistics, the memorised subset.
+
+Everything the demo and the benchmarks need can come from ``assets/fashion_eval.safetensors`` (built by
+:func:`build_eval_assets` from Fashion-MNIST), so they run where the Debian Fashion-MNIST package is absent.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+
+from .common import ASSETS
+from .data import FASHION_CLASSES, DataError, class_index, fashion_mnist_available, load_fashion_mnist
+from .evaluator import Evaluator, FeatureStats
+
+EVAL_ASSET = ASSETS / "fashion_eval.safetensors"
+JUDGE_ASSET = ASSETS / "fashion_judge.safetensors"
+MODELS = {"uncond": ASSETS / "fashion_uncond.safetensors", "cond": ASSETS / "fashion_cond.safetensors",
+          "memorise": ASSETS / "fashion_memorise.safetensors"}
+NEGATED_CLASS = "trouser"
+SHIPPED_NEGATION = 500
+SHIPPED_REFERENCE = 1000
+
+
+def _to_uint8(images: Tensor) -> Tensor:
+    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def _from_uint8(images: Tensor) -> Tensor:
+    return images.float() / 127.5 - 1.0
+
+
+def require(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found at {path}; reinstall the package or rebuild the assets (docs/images.md)")
+    return path
+
+
+def load_judge() -> Evaluator:
+    return Evaluator.load(require(JUDGE_ASSET, "the Fashion-MNIST judge"))
+
+
+def class_negation_images(name: str = NEGATED_CLASS, count: int = SHIPPED_NEGATION) -> Tensor:
+    """The first ``count`` training images of a class (Fashion-MNIST if installed, else the shipped ones)."""
+    index = class_index(name, FASHION_CLASSES)
+    if fashion_mnist_available():
+        images = load_fashion_mnist("train").of_class(index).images
+        if count > len(images):
+            raise DataError(f"class {name!r} has only {len(images)} training images, asked for {count}")
+        return images[:count]
+    if FASHION_CLASSES[index] != NEGATED_CLASS or count > SHIPPED_NEGATION:
+        raise DataError(f"Fashion-MNIST is not installed; the shipped negation set is {SHIPPED_NEGATION} "
+                        f"{NEGATED_CLASS} images only (asked for {count} of {FASHION_CLASSES[index]!r})")
+    return _from_uint8(_read_asset()["negation"][:count])
+
+
+@dataclass
+class Reference:
+    """Held-out test images (of every class but the negated one) and their feature statistics."""
+
+    images: Tensor
+    stats: FeatureStats
+    features: Tensor
+
+
+def class_reference(evaluator: Evaluator, exclude: str = NEGATED_CLASS, count: int = SHIPPED_REFERENCE) -> Reference:
+    """Held-out test images of the classes other than ``exclude``: FD statistics over all of them,
+    ``count`` images (evenly spread) for precision / recall."""
+    label = class_index(exclude, FASHION_CLASSES)
+    if fashion_mnist_available():
+        test = load_fashion_mnist("test")
+        others = test.subset(torch.nonzero(test.labels != label).flatten())
+        feats = evaluator.features(others.images)
+        step = max(1, len(others) // count)
+        return Reference(others.images[::step][:count], FeatureStats.of(feats), feats[::step][:count])
+    if FASHION_CLASSES[label] != NEGATED_CLASS:
+        raise DataError("Fashion-MNIST is not installed; shipped references exclude only the trouser class")
+    data = _read_asset()
+    images = _from_uint8(data["reference"][:count])
+    stats = FeatureStats(data["ref_mean"], data["ref_cov"], int(data["ref_count"]))
+    return Reference(images, stats, evaluator.features(images))
+
+
+def _read_asset() -> dict[str, Tensor]:
+    with safe_open(str(require(EVAL_ASSET, "the shipped evaluation data")), framework="pt") as handle:
+        return {k: handle.get_tensor(k) for k in handle.keys()}
+
+
+def memorised_images(subset_index: list[int]) -> Tensor:
+    """The training images a memorising model saw (by their indices in the Fashion-MNIST training set)."""
+    if not subset_index:
+        raise DataError("this checkpoint was not trained on a subset: it has no memorised images")
+    if fashion_mnist_available():
+        return load_fashion_mnist("train").images[torch.as_tensor(subset_index)]
+    data = _read_asset()
+    if "memorised" not in data or data["memorised_index"].tolist() != list(subset_index):
+        raise DataError("Fashion-MNIST is not installed and the shipped memorised images belong to another subset")
+    return _from_uint8(data["memorised"])
+
+
+def build_eval_assets(evaluator: Evaluator, path: Path = EVAL_ASSET, subset_index: list[int] | None = None) -> Path:
+    """Write negation images, reference images and FD statistics of the reference classes (needs Fashion-MNIST),
+    and the memorised training images of a subset model."""
+    negation = class_negation_images(NEGATED_CLASS, SHIPPED_NEGATION)
+    ref = class_reference(evaluator, NEGATED_CLASS, SHIPPED_REFERENCE)
+    tensors = {"negation": _to_uint8(negation), "reference": _to_uint8(ref.images), "ref_mean": ref.stats.mean,
+               "ref_cov": ref.stats.cov, "ref_count": torch.tensor(ref.stats.count)}
+    if subset_index:
+        tensors["memorised"] = _to_uint8(memorised_images(subset_index))
+        tensors["memorised_index"] = torch.tensor(subset_index, dtype=torch.long)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
+              metadata={"negated_class": NEGATED_CLASS, "negation": f"first {SHIPPED_NEGATION} training images of the class",
+                        "reference": "Fashion-MNIST test images of the other classes"})
+    tmp.replace(path)
+    return path

@@ -1,0 +1,65 @@
+"""The main demo: the shipped Fashion-MNIST models and negation examples, plain vs safe, in a few minutes.
+
+1. Unconditional model, negation set = 500 shipped trouser images: share of trousers, FD, samples.
+2. Memorising model, negation set = 10 of its 100 memorised images: copies of them, samples.
+Both on the same seeds with and without the safe denoiser (calibrated mode) and SPELL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from .benchmarks import Size, bench_memorisation, bench_uncond
+from .common import write_json, write_text
+
+# knobs picked from the benchmark results (docs/images.md); the demo measures, it does not copy numbers
+DEMO_UNCOND = Size(samples=200, steps=8, bank=256, negation=500,
+                   sweeps={"paper": [], "reference": [], "calibrated": [4.0], "spell": [0.1], "negative": []})
+DEMO_MEMORISE = Size(samples=100, steps=8, bank=128, negation=10,
+                     sweeps={"paper": [], "reference": [], "calibrated": [4.0], "spell": [0.1], "negative": []})
+
+
+def run_demo(out: Path, progress: bool = True, quick: bool = False) -> dict:
+    start = time.time()
+    sizes = (DEMO_UNCOND, DEMO_MEMORISE)
+    if quick:
+        sizes = tuple(Size(12, 3, 24, s.negation, s.sweeps) for s in sizes)
+    uncond = bench_uncond(out / "uncond", sizes[0], progress)
+    memorise = bench_memorisation(out / "memorisation", sizes[1], progress)
+    lines = ["| task | method | unsafe | FD (Fashion-MNIST classifier features) | NFE / sample |", "|---|---|---|---|---|"]
+    for task, result in (("negate trousers", uncond), ("forget 10 memorised images", memorise)):
+        for method, row in result["best"].items():
+            lines.append(f"| {task} | {method} | {100 * row['unsafe']:.1f}% | {row['fd']:.2f} | {row['nfe_per_sample']:.0f} |")
+    summary = {"seconds": round(time.time() - start, 1), "uncond": uncond["best"], "memorisation": memorise["best"]}
+    write_json(out / "summary.json", summary)
+    table = "\n".join(lines)
+    write_text(out / "summary.md", f"""# safe-denoiser demo
+
+{table}
+
+Unsafe: share of samples the judge calls a trouser / share of samples copying one of the 10 negated
+memorised images. Grids (same seeds): `uncond/grid_plain.png` vs `uncond/grid_calibrated.png`,
+`memorisation/grid_plain.png` vs `memorisation/grid_calibrated.png`. Wall time {summary['seconds']:.0f} s.
+""")
+    return {"table": table, **summary}
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("demo", help="plain vs safe sampling on the shipped models (a few minutes)",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="results/demo", help="output folder")
+    p.add_argument("--quick", action="store_true", help="tiny smoke-test size")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(run=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    result = run_demo(Path(args.out), quick=args.quick)
+    print(result["table"])
+    print(f"outputs in {args.out} ({result['seconds']:.0f} s)")
+    return 0

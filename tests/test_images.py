@@ -1,0 +1,157 @@
+"""Image package: checkpoints, training, evaluator, bad inputs. Fast (shipped assets, tiny sizes)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+from PIL import Image  # noqa: E402
+
+from safedenoiser.images import assets  # noqa: E402
+from safedenoiser.images.data import DataError, FASHION_CLASSES, class_index, load_data  # noqa: E402
+from safedenoiser.images.evaluator import (FeatureStats, calibrate_copy_threshold, frechet_distance,  # noqa: E402
+                                           nearest_copies, precision_recall)
+from safedenoiser.images.network import (CheckpointError, ClassifierFreeGuidance, EDMUNet, load_checkpoint,  # noqa: E402
+                                         unet_config)
+from safedenoiser.images.train import TrainConfig, train  # noqa: E402
+from safedenoiser.negation import NegationSet  # noqa: E402
+from safedenoiser.sampling import karras_sigmas, sample  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def shipped(kind: str):
+    path = assets.MODELS[kind]
+    if not path.is_file():
+        pytest.skip(f"shipped checkpoint {path.name} is not built yet")
+    return path
+
+
+def write_folder(root, count=6, size=28, classes=("a", "b")):
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        folder = root / classes[i % len(classes)]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+# -- checkpoints ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["uncond", "cond", "memorise"])
+def test_shipped_checkpoint_samples(kind):
+    model = load_checkpoint(shipped(kind))
+    assert model.info["steps"] > 0 and "command" in model.info
+    den = ClassifierFreeGuidance(model, 2.0) if model.num_classes else model
+    cond = {"cond": {"class_labels": torch.tensor([0, 1])}} if model.num_classes else {}
+    x = sample(den, [0, 1], (1, 28, 28), karras_sigmas(3, 0.002, 80.0), **cond)
+    assert x.shape == (2, 1, 28, 28) and torch.isfinite(x).all()
+
+
+def test_preconditioning_is_exact_at_small_sigma():
+    """D(x, sigma) -> x as sigma -> 0 (c_skip -> 1, c_out -> 0), for any weights."""
+    torch.manual_seed(0)
+    model = EDMUNet(unet_config(widths=(8, 16), attention=False)).eval()
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        out = model(x, torch.full((2,), 1e-6))
+    torch.testing.assert_close(out, x, atol=1e-4, rtol=0)
+
+
+def test_checkpoint_of_other_architecture_is_named(tmp_path):
+    neg = tmp_path / "neg.safetensors"
+    NegationSet(torch.zeros(2, 1, 28, 28)).save(neg)
+    with pytest.raises(CheckpointError, match="not a safedenoiser.edm-unet2d checkpoint"):
+        load_checkpoint(neg)
+    (tmp_path / "junk.safetensors").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        load_checkpoint(tmp_path / "junk.safetensors")
+    small = EDMUNet(unet_config(widths=(8, 16), attention=False))
+    small.save(tmp_path / "small.safetensors")
+    header = small.header()
+    header["unet"] = header["unet"].replace("[8, 16]", "[16, 32]")
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in small.unet.state_dict().items()}, str(tmp_path / "lie.safetensors"), metadata=header)
+    with pytest.raises(CheckpointError, match="do not match the architecture"):
+        load_checkpoint(tmp_path / "lie.safetensors")
+
+
+# -- training ------------------------------------------------------------------------------------------------
+def test_one_step_training_on_a_folder_and_resume(tmp_path):
+    folder = write_folder(tmp_path / "imgs")
+    cfg = TrainConfig(data=str(folder), out=str(tmp_path / "run"), conditional=True, steps=1, batch_size=4,
+                      widths=(8, 16), attention=False, checkpoint_every=1)
+    path = train(cfg, progress=False)
+    model = load_checkpoint(path)
+    assert model.num_classes == 2 and model.class_names == ("a", "b") and model.info["steps"] == 1
+    cfg.steps = 2
+    train(cfg, progress=False)  # resumes from state.pt
+    assert load_checkpoint(path).info["steps"] == 2
+    out = model(torch.randn(3, 1, 28, 28), torch.ones(3), torch.tensor([0, 1, 2]))  # 2 = null class
+    assert torch.isfinite(out).all()
+
+
+def test_bad_folder_inputs_are_named(tmp_path):
+    folder = write_folder(tmp_path / "imgs", count=2)
+    (folder / "a" / "broken.png").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="broken.png"):
+        load_data(str(folder))
+    other = write_folder(tmp_path / "big", count=2, size=32)
+    with pytest.raises(DataError, match="32x32, expected 28x28"):
+        load_data(str(other))
+    with pytest.raises(DataError, match="unknown dataset"):
+        load_data("no-such-dataset")
+
+
+def test_unknown_class_name():
+    with pytest.raises(DataError, match="unknown class name 'trousers'.*trouser"):
+        class_index("trousers", FASHION_CLASSES)
+    assert class_index("Trouser", FASHION_CLASSES) == 1 and class_index(3, FASHION_CLASSES) == 3
+
+
+# -- evaluator -------------------------------------------------------------------------------------------------
+def test_fd_closed_form_and_identity():
+    """FD of Gaussians with diagonal covariances: |m1 - m2|^2 + sum (sqrt(a) - sqrt(b))^2."""
+    a = FeatureStats(torch.zeros(3, dtype=torch.float64), torch.diag(torch.tensor([1.0, 4.0, 9.0])).double(), 10)
+    b = FeatureStats(torch.ones(3, dtype=torch.float64), torch.diag(torch.tensor([4.0, 1.0, 9.0])).double(), 10)
+    assert math.isclose(frechet_distance(a, b), 3 + 1 + 1 + 0, rel_tol=1e-9)
+    feats = torch.randn(200, 16, generator=torch.Generator().manual_seed(0)).double()
+    assert frechet_distance(feats, feats) == pytest.approx(0, abs=1e-8)
+    assert frechet_distance(feats, feats + 1) == pytest.approx(16, rel=1e-6)
+
+
+def test_judge_features_deterministic_and_accurate():
+    if not assets.JUDGE_ASSET.is_file():
+        pytest.skip("shipped judge not built yet")
+    ev = assets.load_judge()
+    assert ev.test_accuracy >= 0.90
+    x = torch.rand(5, 1, 28, 28) * 2 - 1
+    torch.testing.assert_close(ev.features(x), ev.features(x), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="28, 28"):
+        ev.features(torch.zeros(2, 1, 32, 32))
+
+
+def test_judge_recognises_shipped_trousers():
+    if not (assets.JUDGE_ASSET.is_file() and assets.EVAL_ASSET.is_file()):
+        pytest.skip("shipped judge / evaluation data not built yet")
+    ev = assets.load_judge()
+    trousers = assets.class_negation_images("trouser", 200)
+    assert float((ev.classify(trousers) == 1).double().mean()) > 0.9
+
+
+def test_precision_recall_and_copies():
+    gen = torch.Generator().manual_seed(0)
+    real = torch.randn(100, 4, generator=gen)
+    p, r = precision_recall(real, real.clone())
+    assert p == 1.0 and r == 1.0
+    p, r = precision_recall(real, real + 100)
+    assert p == 0.0 and r == 0.0
+    train_imgs = torch.randn(50, 1, 4, 4, generator=gen)
+    thr = calibrate_copy_threshold(train_imgs, torch.randn(40, 1, 4, 4, generator=gen), 0.01)
+    samples = torch.cat([train_imgs[:3] + 0.01, torch.randn(2, 1, 4, 4, generator=gen) * 10])
+    dist, index, is_copy = nearest_copies(samples, train_imgs, thr)
+    assert is_copy.tolist() == [True, True, True, False, False] and index[:3].tolist() == [0, 1, 2]

@@ -1,0 +1,212 @@
+"""The safe-denoiser hook on tiny random-weight diffusers pipelines (built offline, see tiny_pipelines.py)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+sys.path.insert(0, str(Path(__file__).parent))
+torch.set_num_threads(1)
+
+import diffusers  # noqa: E402
+from tiny_pipelines import IMAGE_SIZE, tiny_sd, tiny_sd3, tiny_vae  # noqa: E402
+
+from safedenoiser import Calibration, NegationSet, NegationSetError, Window, make_correction  # noqa: E402
+from safedenoiser.pipelines import UnsupportedPipelineError, attach_safe_denoiser  # noqa: E402
+from safedenoiser.pipelines.negation_build import vae_metadata  # noqa: E402
+
+STEPS = 4
+SCHEDULERS = ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
+              "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
+              "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler",
+              "DEISMultistepScheduler"]
+# An affine correction that acts at every noise level: the calibrated weight with a random bank.
+ON = {"mode": "calibrated", "calibration": Calibration(torch.randn(30, 4 * (IMAGE_SIZE // 2) ** 2,
+                                                                generator=torch.Generator().manual_seed(2)), 0.3)}
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory):
+    return tiny_sd(tmp_path_factory.mktemp("sd"))
+
+
+@pytest.fixture(scope="module")
+def sd3(tmp_path_factory):
+    return tiny_sd3(tmp_path_factory.mktemp("sd3"))
+
+
+@pytest.fixture(scope="module")
+def negation():
+    return NegationSet(torch.randn(20, 4, IMAGE_SIZE // 2, IMAGE_SIZE // 2, generator=torch.Generator().manual_seed(1)))
+
+
+def run(pipe, seed=0, guidance=1.0, **kw):
+    kw = {"num_inference_steps": STEPS, "height": IMAGE_SIZE, "width": IMAGE_SIZE, "output_type": "latent",
+          "guidance_scale": guidance, **kw}
+    if isinstance(pipe, diffusers.StableDiffusion3Pipeline):
+        kw["max_sequence_length"] = 16
+    return pipe("a photo", generator=torch.Generator().manual_seed(seed), **kw).images
+
+
+def with_scheduler(pipe, name, **config):
+    base = {k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")}
+    pipe.scheduler = getattr(diffusers, name).from_config({**base, **config})
+    return pipe
+
+
+@pytest.mark.parametrize("name", SCHEDULERS)
+def test_off_is_bit_identical_and_on_changes(sd, negation, name):
+    with_scheduler(sd, name)
+    plain = run(sd, guidance=3.0)
+    with attach_safe_denoiser(sd, negation, eta=0.0):
+        assert torch.equal(run(sd, guidance=3.0), plain)
+    with attach_safe_denoiser(sd, negation, window=Window.never(), **ON):
+        assert torch.equal(run(sd, guidance=3.0), plain)
+    with attach_safe_denoiser(sd, negation, **ON) as handle:
+        safe = run(sd, guidance=3.0)
+        summary = handle.summary(1)[0]
+    assert torch.isfinite(safe).all() and not torch.equal(safe, plain)
+    assert summary["steps_active"] > 0 and summary["max_weight"] > 0
+    assert torch.equal(run(sd, guidance=3.0), plain)  # detached
+    assert "step" not in sd.scheduler.__dict__
+
+
+def test_sd3_flow_off_is_bit_identical(sd3, negation):
+    plain = run(sd3, guidance=3.0)
+    with attach_safe_denoiser(sd3, negation, eta=0.0):
+        assert torch.equal(run(sd3, guidance=3.0), plain)
+    with attach_safe_denoiser(sd3, negation, **ON):
+        assert not torch.equal(run(sd3, guidance=3.0), plain)
+
+
+def _expected_x0(kind, sched, t, sample, out):
+    """The plain x0 and VE (x, sigma) the scheduler's math implies, written from the schedulers' formulas."""
+    if kind == "flow":
+        s = float(sched.sigmas[sched.step_index if sched.step_index is not None else 0])
+        return sample - s * out, sample / (1 - s), (s / (1 - s) if s < 1 else math.inf)
+    if kind == "euler":
+        sigma = float(sched.sigmas[sched.step_index if sched.step_index is not None else 0])
+        if sched.config.prediction_type == "epsilon":
+            return sample - sigma * out, sample, sigma
+        return -sigma / math.sqrt(sigma**2 + 1) * out + sample / (sigma**2 + 1), sample, sigma
+    abar = float(sched.alphas_cumprod[int(t)])
+    a, s = math.sqrt(abar), math.sqrt(1 - abar)
+    x0 = (sample - s * out) / a if sched.config.prediction_type == "epsilon" else a * sample - s * out
+    return x0, sample / a, s / a
+
+
+@pytest.mark.parametrize("case", ["ddim-eps", "ddim-v", "euler-eps", "euler-v", "flow", "ddim-reference"])
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+def test_scheduler_x0_is_the_safe_x0(sd, sd3, negation, case, guidance):
+    """At every step the x0 the scheduler uses equals the core correction applied to the plain (guided) x0."""
+    if case == "ddim-reference" and guidance > 1:
+        pytest.skip("the reference mode's kernel acts on x0 (not affine), so per-branch differs from after-CFG")
+    kind, _, variant = case.partition("-")
+    if kind == "flow":
+        pipe = sd3
+    else:
+        pipe = with_scheduler(sd, "DDIMScheduler" if kind == "ddim" else "EulerDiscreteScheduler",
+                              prediction_type="v_prediction" if variant == "v" else "epsilon")
+    knobs = {"mode": "reference", "scale": 0.3} if variant == "reference" else ON
+    model = pipe.unet if kind != "flow" else pipe.transformer
+    raw = []
+    spy = model.register_forward_hook(lambda m, a, kw, out: raw.append((out[0] if isinstance(out, tuple) else out.sample).clone()),
+                                      with_kwargs=True)
+    sched = pipe.scheduler
+    checked = []
+    reference = make_correction(negation, **knobs)
+
+    def step(model_output, timestep, sample, *args, **kwargs):
+        branches = raw.pop()
+        plain = branches if guidance == 1.0 else branches[:1] + guidance * (branches[1:] - branches[:1])
+        x0, x, sigma = _expected_x0(kind, sched, timestep, sample, plain)
+        used, _, _ = _expected_x0(kind, sched, timestep, sample, model_output)
+        # at s = 1 (flow matching's first step) x is pure noise: the hook leaves the step as it is
+        checked.append((used, reference(x, sigma, x0) if math.isfinite(sigma) else x0, x0))
+        return type(sched).step(sched, model_output, timestep, sample, *args, **kwargs)
+
+    sched.step = step
+    try:
+        with attach_safe_denoiser(pipe, negation, **knobs):
+            run(pipe, guidance=guidance)
+    finally:
+        spy.remove()
+        del sched.step
+    assert len(checked) == STEPS
+    for used, expected, plain in checked:
+        torch.testing.assert_close(used, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    assert any((expected - plain).abs().max() > 1e-3 for _, expected, plain in checked)  # the correction acted
+
+
+def test_unsupported_scheduler_is_named(sd, negation):
+    with_scheduler(sd, "LCMScheduler")
+    with pytest.raises(UnsupportedPipelineError, match="LCMScheduler"):
+        attach_safe_denoiser(sd, negation, **ON)
+    with_scheduler(sd, "DDIMScheduler")
+    with attach_safe_denoiser(sd, negation, **ON):
+        with_scheduler(sd, "KDPM2DiscreteScheduler")
+        with pytest.raises(UnsupportedPipelineError, match="KDPM2DiscreteScheduler"):
+            run(sd)
+    with_scheduler(sd, "DDIMScheduler")
+
+
+def test_guidance_rescale_and_churn_are_refused(sd, negation):
+    with_scheduler(sd, "DDIMScheduler")
+    with attach_safe_denoiser(sd, negation, **ON):
+        with pytest.raises(UnsupportedPipelineError, match="guidance_rescale"):
+            run(sd, guidance=3.0, guidance_rescale=0.7)
+    with_scheduler(sd, "EulerDiscreteScheduler")
+    with attach_safe_denoiser(sd, negation, **ON):
+        run(sd)  # installs the guard on this scheduler
+        sd.scheduler.set_timesteps(STEPS)
+        x = torch.randn(1, 4, 8, 8)
+        with pytest.raises(UnsupportedPipelineError, match="s_churn"):
+            sd.scheduler.step(x, sd.scheduler.timesteps[0], x, s_churn=1.0)
+    with_scheduler(sd, "DDIMScheduler")
+
+
+def test_negation_of_wrong_shape_or_vae_is_refused(sd, negation):
+    with_scheduler(sd, "DDIMScheduler")
+    wrong = NegationSet(torch.randn(5, 4, 16, 16))
+    with attach_safe_denoiser(sd, wrong, **ON):
+        with pytest.raises(NegationSetError, match=r"\(4, 16, 16\).*\(4, 8, 8\).*32x32 vs 16x16"):
+            run(sd)
+    other = NegationSet(negation.data, metadata=vae_metadata(tiny_vae(seed=7), "other/vae"))
+    with pytest.raises(NegationSetError, match="VAE weights.*other/vae"):
+        attach_safe_denoiser(sd, other)
+    scaled = NegationSet(negation.data, metadata={**vae_metadata(sd.vae, "same"), "vae_scaling_factor": 0.13025})
+    with pytest.raises(NegationSetError, match="vae_scaling_factor: negation set 0.13025, pipeline 0.18215"):
+        attach_safe_denoiser(sd, scaled)
+    same = NegationSet(negation.data, metadata=vae_metadata(sd.vae.to(torch.float16), "same"))
+    sd.vae.to(torch.float32)
+    attach_safe_denoiser(sd, same).detach()  # a float16 copy of the same VAE matches
+
+
+def test_img2img_negative_prompt_and_sld(sd, negation):
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipelineSafe
+
+    with_scheduler(sd, "DDIMScheduler")
+    image = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    img2img = StableDiffusionImg2ImgPipeline(**sd.components)
+    kwargs = {"image": image, "strength": 0.6, "negative_prompt": "blurry"}
+    plain = run(img2img, guidance=3.0, **kwargs)
+    with attach_safe_denoiser(img2img, negation, eta=0.0):
+        assert torch.equal(run(img2img, guidance=3.0, **kwargs), plain)
+    with attach_safe_denoiser(img2img, negation, **ON):
+        assert not torch.equal(run(img2img, guidance=3.0, **kwargs), plain)
+    safe = StableDiffusionPipelineSafe(**{k: v for k, v in sd.components.items() if k != "image_encoder"},
+                                       requires_safety_checker=False)
+    safe.set_progress_bar_config(disable=True)
+    sld = {"sld_guidance_scale": 100, "sld_warmup_steps": 0, "output_type": "pt"}
+    plain = run(safe, guidance=3.0, **sld)
+    with attach_safe_denoiser(safe, negation, eta=0.0):
+        assert torch.equal(run(safe, guidance=3.0, **sld), plain)
+    with attach_safe_denoiser(safe, negation, **ON) as handle:
+        assert not torch.equal(run(safe, guidance=3.0, **sld), plain)
+        assert handle.trace[0]["active"].shape == (3,)  # unconditional, prompt and safety-concept branches
