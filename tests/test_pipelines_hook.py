@@ -51,7 +51,7 @@ def run(pipe, seed=0, guidance=1.0, **kw):
           "guidance_scale": guidance, **kw}
     if isinstance(pipe, diffusers.StableDiffusion3Pipeline):
         kw["max_sequence_length"] = 16
-    return pipe("a photo", generator=torch.Generator().manual_seed(seed), **kw).images
+    return torch.as_tensor(pipe("a photo", generator=torch.Generator().manual_seed(seed), **kw).images)
 
 
 def with_scheduler(pipe, name, **config):
@@ -66,8 +66,9 @@ def test_off_is_bit_identical_and_on_changes(sd, negation, name):
     plain = run(sd, guidance=3.0)
     with attach_safe_denoiser(sd, negation, eta=0.0):
         assert torch.equal(run(sd, guidance=3.0), plain)
-    with attach_safe_denoiser(sd, negation, window=Window.never(), **ON):
-        assert torch.equal(run(sd, guidance=3.0), plain)
+    if name == SCHEDULERS[0]:  # an empty window is the same identity path as eta = 0
+        with attach_safe_denoiser(sd, negation, window=Window.never(), **ON):
+            assert torch.equal(run(sd, guidance=3.0), plain)
     with attach_safe_denoiser(sd, negation, **ON) as handle:
         safe = run(sd, guidance=3.0)
         summary = handle.summary(1)[0]
@@ -174,7 +175,7 @@ def test_guidance_rescale_and_churn_are_refused(sd, negation):
 def test_negation_of_wrong_shape_or_vae_is_refused(sd, negation):
     with_scheduler(sd, "DDIMScheduler")
     wrong = NegationSet(torch.randn(5, 4, 16, 16))
-    with attach_safe_denoiser(sd, wrong, **ON):
+    with attach_safe_denoiser(sd, wrong, eta=1.0):
         with pytest.raises(NegationSetError, match=r"\(4, 16, 16\).*\(4, 8, 8\).*32x32 vs 16x16"):
             run(sd)
     other = NegationSet(negation.data, metadata=vae_metadata(tiny_vae(seed=7), "other/vae"))
@@ -194,6 +195,7 @@ def test_img2img_negative_prompt_and_sld(sd, negation):
     with_scheduler(sd, "DDIMScheduler")
     image = torch.rand(1, 3, IMAGE_SIZE, IMAGE_SIZE)
     img2img = StableDiffusionImg2ImgPipeline(**sd.components)
+    img2img.set_progress_bar_config(disable=True)
     kwargs = {"image": image, "strength": 0.6, "negative_prompt": "blurry"}
     plain = run(img2img, guidance=3.0, **kwargs)
     with attach_safe_denoiser(img2img, negation, eta=0.0):

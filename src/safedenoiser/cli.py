@@ -12,7 +12,11 @@ import sys
 
 COMMAND_MODULES = [
     "safedenoiser.bench.toy",
+    "safedenoiser.bench.kernel",
+    "safedenoiser.pipelines.commands",
     "safedenoiser.images.train",
+    "safedenoiser.images.benchmarks",
+    "safedenoiser.images.demo",
 ]
 
 

@@ -47,11 +47,20 @@ class ToyConfig:
     sweeps: dict[str, list[float]] = field(default_factory=lambda: {
         "paper": [1e-3, 1.0, 1e3, 1e6, 1e10, 1e15, 1e20, 1e30, 1e45, 1e60],
         "calibrated": [0.5, 1.0, 2.0, 3.0, 4.0, 8.0],
-        "reference": [0.05, 0.1, 0.2, 0.5, 1.0],
+        "reference": [0.05, 0.1, 0.2, 0.5, 1.0, 2.0],
         "reference_bandwidth": [0.5, 1.0, 2.0],
-        "spell": [0.02, 0.05, 0.1, 0.2, 0.3, 0.5],
+        "spell": [0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5],
+        "spell_below": [0.5, 0.7, 0.8, 0.9],
         "negative_guidance": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
     })
+
+
+    def __post_init__(self) -> None:
+        for name in ("samples", "negation", "bank", "steps"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"toy benchmark: --{name} must be at least 2, got {getattr(self, name)}")
+        if not self.dims or min(self.dims) < 1:
+            raise ValueError(f"toy benchmark: dimensions must be positive, got {self.dims}")
 
 
 QUICK = dict(dims=(2, 16), samples=200, negation=100, bank=400, steps=10)
@@ -143,7 +152,9 @@ def method_runs(problem: Problem, cfg: ToyConfig) -> list[tuple[str, str, float,
             for scale in cfg.sweeps["reference"]]
     # SPELL radii: quantiles of the distance from unguided samples to the negation set (the share of samples
     # a radius would touch), so the sweep spans "nearly nothing" to "most of the distribution" in any D
-    radii = [problem.distance_quantile(q) for q in cfg.sweeps["spell"]]
+    # plus fractions of the smallest quantile, since in high dimension the distances concentrate
+    radii = [f * problem.distance_quantile(cfg.sweeps["spell"][0]) for f in cfg.sweeps["spell_below"]]
+    radii += [problem.distance_quantile(q) for q in cfg.sweeps["spell"]]
     runs += [("spell", "radius", r, corrected(lambda r=r: SparseRepellency(neg, radius=r))) for r in radii]
     runs += [("negative guidance", "weight", w, lambda counter, w=w: NegativeGuidance(
         counter.wrap(mix), counter.wrap(unsafe_mixture), w)) for w in cfg.sweeps["negative_guidance"]]
@@ -151,8 +162,13 @@ def method_runs(problem: Problem, cfg: ToyConfig) -> list[tuple[str, str, float,
 
 
 def evaluate(problem: Problem, samples: Tensor) -> dict[str, float]:
+    """Unsafe fraction and MMD; a sample with NaN/inf counts as a failure (unsafe, and MMD is infinite)."""
+    finite = torch.isfinite(samples).all(1)
+    if not bool(finite.all()):
+        return {"unsafe": 1.0, "mmd": math.inf, "nonfinite": float((~finite).double().mean())}
     labels = problem.mixture.classify(samples)
-    return {"unsafe": unsafe_fraction(labels, problem.unsafe), "mmd": mmd(samples, problem.reference, problem.bandwidths)}
+    return {"unsafe": unsafe_fraction(labels, problem.unsafe), "mmd": mmd(samples, problem.reference, problem.bandwidths),
+            "nonfinite": 0.0}
 
 
 def run_method(problem: Problem, cfg: ToyConfig, factory: Factory) -> dict[str, Any]:
@@ -313,22 +329,24 @@ def run_toy(cfg: ToyConfig, progress: bool = True) -> dict[str, Any]:
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("toy", help="Gaussian-mixture benchmark of every method against the exact safe denoiser")
     defaults = ToyConfig()
-    parser.add_argument("--dims", type=int, nargs="+", default=list(defaults.dims))
-    parser.add_argument("--samples", type=int, default=defaults.samples)
-    parser.add_argument("--negation", type=int, default=defaults.negation, help="N, negation-set size")
-    parser.add_argument("--bank", type=int, default=defaults.bank, help="M, unguided samples for the calibrated mode")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help="Heun steps")
-    parser.add_argument("--seed", type=int, default=defaults.seed)
-    parser.add_argument("--out", default=defaults.out)
-    parser.add_argument("--quick", action="store_true", help="CI-sized run (D = 2, 16; 200 samples)")
+    parser.add_argument("--dims", type=int, nargs="+", help=f"dimensions (default {' '.join(map(str, defaults.dims))})")
+    parser.add_argument("--samples", type=int, help=f"samples per run (default {defaults.samples})")
+    parser.add_argument("--negation", type=int, help=f"N, negation-set size (default {defaults.negation})")
+    parser.add_argument("--bank", type=int, help=f"M, unguided samples for the calibrated mode (default {defaults.bank})")
+    parser.add_argument("--steps", type=int, help=f"Heun steps (default {defaults.steps})")
+    parser.add_argument("--seed", type=int, help=f"default {defaults.seed}")
+    parser.add_argument("--out", help=f"output folder (default {defaults.out})")
+    parser.add_argument("--quick", action="store_true", help=f"CI-sized defaults: {QUICK}")
     parser.set_defaults(run=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
-    cfg = ToyConfig(dims=tuple(args.dims), samples=args.samples, negation=args.negation, bank=args.bank,
-                    steps=args.steps, seed=args.seed, out=args.out)
-    if args.quick:
-        cfg = replace(cfg, **QUICK)
+    settings = dict(QUICK) if args.quick else {}
+    settings.update({k: v for k in ("dims", "samples", "negation", "bank", "steps", "seed", "out")
+                     if (v := getattr(args, k)) is not None})
+    if "dims" in settings:
+        settings["dims"] = tuple(settings["dims"])
+    cfg = ToyConfig(**settings)
     torch.manual_seed(cfg.seed)
     summary = run_toy(cfg)
     print(markdown_table(summary["records"], cfg))

@@ -29,6 +29,7 @@ from .common import denoiser_evaluations, edm_sigmas, generate, save_grid, write
 from .data import FASHION_CLASSES, class_index
 from .evaluator import FD_LABEL, Evaluator, FeatureStats, copy_rates, frechet_distance, precision_recall
 from .network import ClassifierFreeGuidance, EDMUNet, load_checkpoint
+from .substitution import BankSubstitution
 
 BANK_SEED = 1_000_000
 PAPER_WINDOW = (0.0, 0.22)  # the paper's critical window t in [780, 1000] of 1000 DDPM steps
@@ -47,6 +48,7 @@ SWEEPS = {
     "paper": [1.0, 1e300],
     "reference": [0.1, 0.3, 1.0],
     "calibrated": [1.0, 2.0, 4.0, 8.0],
+    "substitution": [1.0, 4.0, 16.0],
     "spell": [0.05, 0.1, 0.2, 0.3],  # quantiles of the distance from plain samples to the negation set
     "negative": [1.0, 2.0],
 }
@@ -98,6 +100,12 @@ class ClassWiseCorrected:
         return out
 
 
+def calibrated_correction(negation: NegationSet, calibration: Calibration, mode: str, gain: float) -> Correction:
+    if mode == "substitution":
+        return BankSubstitution(negation, calibration, gain=gain)
+    return make_correction(negation, "calibrated", calibration=calibration, gain=gain)
+
+
 def spell_radii(plain: Tensor, negation: NegationSet, quantiles: Sequence[float]) -> list[float]:
     """Radii at which a ``q`` share of the plain samples lie within reach of a negation item."""
     from ..kernels import nearest_distances
@@ -107,8 +115,9 @@ def spell_radii(plain: Tensor, negation: NegationSet, quantiles: Sequence[float]
 
 
 def method_settings(base: Callable[..., Tensor], negation: NegationSet, size: Size, plain: Tensor,
-                    calibrated: Callable[[float], Callable[..., Tensor]], sigmas: Tensor) -> list[Setting]:
-    """The sweeps shared by every benchmark: paper, reference code, calibrated, SPELL."""
+                    calibrated: Callable[[str, float], Callable[..., Tensor]], sigmas: Tensor) -> list[Setting]:
+    """The sweeps shared by every benchmark: paper, reference code, calibrated, bank substitution, SPELL.
+    ``calibrated(mode, gain)`` builds the denoiser of a calibration-based mode."""
     window = Window.from_step_fractions(sigmas, *PAPER_WINDOW)
     settings = [Setting("plain", "-", None, lambda: base)]
     for eta in size.sweeps["paper"]:
@@ -118,8 +127,9 @@ def method_settings(base: Callable[..., Tensor], negation: NegationSet, size: Si
     for scale in size.sweeps["reference"]:
         settings.append(Setting("reference", "scale", scale, lambda scale=scale: CorrectedDenoiser(
             base, make_correction(negation, "reference", scale=scale, log_threshold=ref_threshold, window=window))))
-    for gain in size.sweeps["calibrated"]:
-        settings.append(Setting("calibrated", "gain", gain, lambda gain=gain: calibrated(gain)))
+    for mode in ("calibrated", "substitution"):
+        for gain in size.sweeps.get(mode, []):
+            settings.append(Setting(mode, "gain", gain, lambda mode=mode, gain=gain: calibrated(mode, gain)))
     for q, radius in zip(size.sweeps["spell"], spell_radii(plain, negation, size.sweeps["spell"])):
         settings.append(Setting("spell", "radius", round(radius, 3), lambda radius=radius: CorrectedDenoiser(
             base, SparseRepellency(negation, radius=radius))))
@@ -296,8 +306,8 @@ def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NE
     bank = generate(model, list(range(BANK_SEED, BANK_SEED + size.bank)), size.steps, desc="calibration bank", progress=progress)
     calibration = Calibration.from_bank(bank, negation)
 
-    def calibrated(gain: float):
-        return CorrectedDenoiser(model, make_correction(negation, "calibrated", calibration=calibration, gain=gain))
+    def calibrated(mode: str, gain: float):
+        return CorrectedDenoiser(model, calibrated_correction(negation, calibration, mode, gain))
 
     settings = method_settings(model, negation, size, plain, calibrated, sigmas)[1:]
     cond_path = MODELS["cond"]
@@ -351,8 +361,8 @@ def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGA
         except ValueError:  # every bank sample of the class is covered: fall back to the pooled bank
             calibrations[c] = pooled
 
-    def calibrated(gain: float):
-        return ClassWiseCorrected(base, {c: make_correction(negation, "calibrated", calibration=cal, gain=gain)
+    def calibrated(mode: str, gain: float):
+        return ClassWiseCorrected(base, {c: calibrated_correction(negation, cal, mode, gain)
                                          for c, cal in calibrations.items()})
 
     settings = method_settings(base, negation, size, plain, calibrated, sigmas)[1:]
@@ -402,10 +412,10 @@ def bench_memorisation(out: Path, size: Size, progress: bool = True, negated_cou
     rows = [bench.run(Setting("plain", "-", None, lambda: model))]
     plain = bench.samples["plain:None"]
     bank = generate(model, list(range(BANK_SEED, BANK_SEED + size.bank)), size.steps, desc="calibration bank", progress=progress)
-    calibration = Calibration.from_bank(bank, negation)
+    calibration = Calibration.from_bank(bank, negation, radius=threshold)  # covered = a copy of a negated image
 
-    def calibrated(gain: float):
-        return CorrectedDenoiser(model, make_correction(negation, "calibrated", calibration=calibration, gain=gain))
+    def calibrated(mode: str, gain: float):
+        return CorrectedDenoiser(model, calibrated_correction(negation, calibration, mode, gain))
 
     settings = method_settings(model, negation, size, plain, calibrated, sigmas)[1:]
     for setting in tqdm(settings, desc="memorisation settings", disable=not progress):
@@ -420,7 +430,8 @@ def bench_memorisation(out: Path, size: Size, progress: bool = True, negated_cou
              f"is {len(negated)} of them. A sample copies a training image when its pixel distance to it is below "
              f"{threshold:.3f} (1% quantile of held-out test -> nearest training image distances). Unsafe = copies of "
              "negated images; copy_other = copies of the others (should not fall much). FD and precision / recall "
-             "against the non-negated memorised images.")
+             "against the non-negated memorised images. The calibration bank counts a bank sample as covered when it "
+             "copies a negated image (same threshold).")
     return write_report(out, "memorisation", f"Memorisation: negating {len(negated)} of {len(memorised)} memorised images",
                         rows, bench, 0.01, "negated-copy rate", config, extra_cols=("copy_other",), notes=notes)
 
@@ -436,8 +447,10 @@ BENCHMARKS = {"uncond": bench_uncond, "cond": bench_cond, "memorisation": bench_
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("bench-images", help="image benchmarks: uncond, cond, memorisation",
-                              description=__doc__.splitlines()[0])
+    from ..bench import bench_subparsers
+
+    p = bench_subparsers(subparsers).add_parser("images", help="image benchmarks: uncond, cond, memorisation",
+                                                description=__doc__.splitlines()[0])
     p.add_argument("which", choices=[*BENCHMARKS, "all"])
     p.add_argument("--quick", action="store_true", help="smoke-test size (< 1 minute)")
     p.add_argument("--out", default="results/images", help="results folder (one sub-folder per benchmark)")

@@ -18,9 +18,9 @@ from .common import write_json, write_text
 
 # knobs picked from the benchmark results (docs/images.md); the demo measures, it does not copy numbers
 DEMO_UNCOND = Size(samples=200, steps=8, bank=256, negation=500,
-                   sweeps={"paper": [], "reference": [], "calibrated": [4.0], "spell": [0.1], "negative": []})
+                   sweeps={"paper": [], "reference": [], "calibrated": [4.0], "substitution": [4.0], "spell": [0.1], "negative": []})
 DEMO_MEMORISE = Size(samples=100, steps=8, bank=128, negation=10,
-                     sweeps={"paper": [], "reference": [], "calibrated": [4.0], "spell": [0.1], "negative": []})
+                     sweeps={"paper": [], "reference": [], "calibrated": [4.0], "substitution": [4.0], "spell": [0.1], "negative": []})
 
 
 def run_demo(out: Path, progress: bool = True, quick: bool = False) -> dict:

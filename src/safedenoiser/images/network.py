@@ -122,11 +122,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> EDM
                               "it was saved by another architecture or tool")
     model = EDMUNet(json.loads(header["unet"]), sigma_data=float(header["sigma_data"]),
                     class_names=json.loads(header.get("class_names", "[]")), num_classes=int(header["num_classes"]))
-    missing, unexpected = model.unet.load_state_dict(tensors, strict=False)
-    mismatched = [k for k, v in model.unet.state_dict().items() if k in tensors and tensors[k].shape != v.shape]
+    expected = model.unet.state_dict()
+    missing = [k for k in expected if k not in tensors]
+    unexpected = [k for k in tensors if k not in expected]
+    mismatched = [k for k, v in expected.items() if k in tensors and tensors[k].shape != v.shape]
     if missing or unexpected or mismatched:
         raise CheckpointError(f"{path}: weights do not match the architecture in its header "
                               f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {mismatched[:3]})")
+    model.unet.load_state_dict(tensors)
     model.info = json.loads(header.get("info", "{}"))
     return model.to(device).eval().requires_grad_(False)
 

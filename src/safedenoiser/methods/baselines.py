@@ -19,9 +19,10 @@ def repellency_shift(x0: Tensor, points: Tensor, radius: float, chunk_size: int 
 
     Streamed over chunks of ``points`` (N, D) for ``x0`` (B, D); returns the shift (B, D) and the number
     of negation items inside the radius (B,). Written as x0 * sum_n c_n - sum_n c_n x_n with
-    c_n = relu(r - d_n) / d_n, so no B x N x D tensor is formed.
+    c_n = relu(r - d_n) / d_n, so no B x N x D tensor is formed. Accumulated in float64: 1/d_n is
+    large when x0 nearly coincides with an item, and float32 cancellation there gives inf - inf.
     """
-    dtype = compute_dtype(x0.dtype, points.dtype)
+    dtype = torch.float64 if x0.device.type == "cpu" or x0.dtype == torch.float64 else compute_dtype(x0.dtype)
     x = x0.to(dtype)
     x_sq = (x * x).sum(1)
     coef_sum = torch.zeros(x.shape[0], dtype=dtype, device=x.device)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..negation import content_hash, file_header
+
 SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16}
 DTYPE_CODES = {dtype: code for code, dtype in SAFETENSORS_DTYPES.items()}
 HEADER_RESERVE = 16384  # bytes of header space, so that metadata (the content hash) can be rewritten in place
@@ -164,3 +166,13 @@ class SafetensorsWriter:
         del self.tensor, self._raw
         with open(self.path, "r+b") as handle:
             handle.write(self._header({k: str(v) for k, v in metadata.items()}))
+
+
+class NegationFileWriter(SafetensorsWriter):
+    """A :class:`SafetensorsWriter` whose :meth:`finish` writes a negation set header (space, source, content
+    hash, metadata), so that the file opens with :meth:`NegationSet.open` / :meth:`NegationSet.load`."""
+
+    def finish(self, *, space: str = "data", source: str = "", metadata: dict[str, Any] | None = None) -> None:
+        """Hash the written data (one pass) and close the file with its negation-set header."""
+        self._raw.flush()
+        self.close(file_header(content_hash(self.tensor), space=space, source=source, metadata=dict(metadata or {})))

@@ -1,0 +1,10 @@
+"""Negation sets at scale: memory-mapped files and top-k kernels with a bounded truncation error.
+
+The streamed exact kernels themselves live in :mod:`safedenoiser.kernels`; see docs/scale.md.
+"""
+
+from .mmap import MappedFileError, NegationFileWriter, SafetensorsWriter, map_array, map_safetensors
+from .topk import TopKError, TopKKernel, TopKMoments
+
+__all__ = ["MappedFileError", "NegationFileWriter", "SafetensorsWriter", "TopKError", "TopKKernel", "TopKMoments",
+           "map_array", "map_safetensors"]

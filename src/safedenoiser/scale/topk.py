@@ -1,0 +1,183 @@
+"""Kernel moments from the k nearest negation items only, with the left-out kernel mass bounded and reported.
+
+Retrieval uses faiss (Johnson, Douze, Jegou 2017, "Billion-scale similarity search with GPUs"): an IVF index
+(``"IVF{nlist},Flat"``, or any faiss factory string) for speed, or ``"exact"`` (the streamed exact search of
+:func:`safedenoiser.kernels.nearest_neighbours`, no faiss) when a guaranteed bound matters more than speed.
+
+Bound (Gaussian or plain-distance kernel, logits decrease with distance): if the retrieved set R holds the
+|R| = k nearest items, every left-out item has logit l_n <= l_min = min_{m in R} l_m, so
+
+    left-out mass <= (N - k) exp(l_min),      rel = (N - k) exp(l_min) / sum_{m in R} exp(l_m),
+
+so the true log-mass lies in [log_mass_R, log_mass_R + log1p(rel)] and the kernel mean moves by at most
+|E - E_R| <= rel / (1 + rel) * max_n |x_n - E_R| <= rel * (max_n |x_n| + |E_R|). The bound is exact for
+``"exact"`` retrieval; with an approximate index it holds when the index returned the true k nearest
+(``TopKMoments.guaranteed`` says which). Rows whose ``rel`` exceeds the tolerance are retried with a larger
+k and finally computed by the exact streamed pass over the whole set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..kernels import Distance, KernelMoments, auto_chunk_size, batch_sigma, compute_dtype, nearest_neighbours
+from ..negation import NegationSet
+
+
+class TopKError(ValueError):
+    """Bad top-k settings (k, tolerance, index specification) or an index that does not match its set."""
+
+
+@dataclass
+class TopKMoments(KernelMoments):
+    """:class:`KernelMoments` from the retrieved items, with the truncation error.
+
+    ``rel_bound`` (B,): bound on left-out mass / retrieved mass (0 for rows computed exactly);
+    ``mean_bound`` (B,): bound on |E_unsafe - mean| in the data's units; ``exact`` (B,) bool: row computed by
+    the full pass; ``k`` (B,): items in the kernel (N for exact rows); ``guaranteed``: the bounds are rigorous
+    (exact retrieval), not conditional on the index having found the true nearest items.
+    """
+
+    rel_bound: Tensor
+    mean_bound: Tensor
+    exact: Tensor
+    k: Tensor
+    guaranteed: bool
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError as err:  # pragma: no cover - depends on the environment
+        raise TopKError("top-k retrieval with an index needs faiss: pip install 'safedenoiser[scale]' (faiss-cpu)") from err
+    return faiss
+
+
+class TopKKernel:
+    """Kernel moments of a :class:`NegationSet` restricted to each query's k nearest items.
+
+    ``index``: ``"exact"`` (streamed exact k-NN, rigorous bound, one pass over the set), ``"ivf"`` (faiss
+    ``IVF{nlist},Flat`` with ``nlist`` ~ sqrt(N) lists, ``nprobe`` probed), or any faiss factory string.
+    The index is trained on ``train_size`` random items and filled chunk by chunk (the set may be
+    memory-mapped; faiss keeps its own copy of the vectors in the index's format).
+    """
+
+    def __init__(self, negation: NegationSet, index: str = "ivf", *, nlist: int | None = None, nprobe: int = 16,
+                 train_size: int | None = None, seed: int = 0, progress: bool = True):
+        if not isinstance(negation, NegationSet):
+            raise TopKError(f"negation must be a NegationSet, got {type(negation).__name__}")
+        if nprobe < 1:
+            raise TopKError(f"nprobe must be >= 1, got {nprobe}")
+        self.negation = negation
+        self.kind = index
+        self.index = None
+        if index == "exact":
+            return
+        faiss = _faiss()
+        count, dim = len(negation), negation.dim
+        nlist = nlist or max(1, min(count // 39, int(round(math.sqrt(count)))))
+        spec = f"IVF{nlist},Flat" if index == "ivf" else index
+        try:
+            self.index = faiss.index_factory(dim, spec, faiss.METRIC_L2)
+        except RuntimeError as err:
+            raise TopKError(f"faiss cannot build index {spec!r}: {str(err).splitlines()[0]}") from err
+        self.spec = spec
+        flat = negation.flat
+        if not self.index.is_trained:
+            size = min(count, train_size or max(64 * nlist, 10_000))
+            rows = torch.randperm(count, generator=torch.Generator().manual_seed(seed))[:size].sort().values
+            self.index.train(np.ascontiguousarray(flat[rows].float().numpy()))
+        step = max(auto_chunk_size(dim) * 16, 1)
+        for start in tqdm(range(0, count, step), desc="faiss index", disable=not progress or count <= step, leave=False):
+            self.index.add(np.ascontiguousarray(flat[start : start + step].float().numpy()))
+        self.set_nprobe(nprobe)
+
+    def set_nprobe(self, nprobe: int) -> None:
+        """Inverted lists probed per query (IVF indexes): more is slower and retrieves more of the true nearest."""
+        if self.index is not None:
+            try:
+                _faiss().ParameterSpace().set_index_parameter(self.index, "nprobe", int(nprobe))
+            except RuntimeError:
+                pass  # an index without inverted lists (HNSW, flat) has no nprobe
+        self.nprobe = nprobe
+
+    @property
+    def guaranteed(self) -> bool:
+        """Whether retrieval is exact, which makes the reported bounds rigorous."""
+        return self.index is None
+
+    def search(self, x: Tensor, k: int) -> Tensor:
+        """Indices (B, k) of the (approximately, for an index) k nearest items; -1 where fewer were found."""
+        if self.index is None:
+            return nearest_neighbours(x, self.negation.flat, k)[1]
+        _, idx = self.index.search(np.ascontiguousarray(x.detach().float().cpu().numpy()), k)
+        return torch.from_numpy(idx)
+
+    def moments(self, x: Tensor, bandwidth: Tensor | float, *, k: int = 256, tolerance: float = 1e-3,
+                distance: Distance = "squared", max_k: int | None = None, growth: int = 4,
+                dtype: torch.dtype | None = None) -> TopKMoments:
+        """Moments at queries ``x`` (B, D) from the k nearest items, k grown by ``growth`` up to ``max_k`` (default
+        16 k) while the relative left-out mass bound exceeds ``tolerance``, then the exact pass."""
+        count = len(self.negation)
+        if x.ndim != 2 or x.shape[1] != self.negation.dim:
+            raise TopKError(f"queries must be (B, {self.negation.dim}), got {tuple(x.shape)}")
+        if not 1 <= k:
+            raise TopKError(f"k must be >= 1, got {k}")
+        if not tolerance >= 0:
+            raise TopKError(f"tolerance must be >= 0, got {tolerance}")
+        if growth < 2:
+            raise TopKError(f"growth must be >= 2, got {growth}")
+        if distance not in ("squared", "euclidean"):
+            raise TopKError(f"unknown distance {distance!r}; expected 'squared' or 'euclidean'")
+        dtype = dtype or self.negation.compute_dtype or compute_dtype(x.dtype, self.negation.dtype)
+        batch = x.shape[0]
+        xs = x.to(dtype)
+        band = batch_sigma(bandwidth, batch, dtype, x.device)
+        max_k = min(count, max_k or 16 * k)
+        device = x.device
+        radius = self.negation.squared_norms(dtype).max().sqrt().to(device)
+        log_mass = torch.empty(batch, dtype=dtype, device=device)
+        max_logit = torch.empty(batch, dtype=dtype, device=device)
+        mean = torch.empty(batch, x.shape[1], dtype=dtype, device=device)
+        rel = torch.zeros(batch, dtype=dtype, device=device)
+        used = torch.full((batch,), count, dtype=torch.long)
+        todo = torch.arange(batch)
+        k = min(k, count)
+        while todo.numel() and k < count:
+            idx = self.search(xs[todo], k)
+            for row, b in enumerate(todo.tolist()):
+                found = idx[row][idx[row] >= 0].cpu()
+                rows = self.negation.flat[found.to(self.negation.device)].to(device=device, dtype=dtype)
+                lm, mu, top, bound = _retrieved_moments(xs[b], rows, band[b], count, distance)
+                log_mass[b], mean[b], max_logit[b], rel[b], used[b] = lm, mu, top, bound, found.numel()
+            done = (rel[todo] <= tolerance).cpu()
+            todo = todo[~done]
+            if k >= max_k:
+                break
+            k = min(max_k, k * growth)
+        exact = torch.zeros(batch, dtype=torch.bool, device=device)
+        if todo.numel():
+            full = self.negation.moments(xs[todo], band[todo], distance=distance, dtype=dtype)
+            log_mass[todo], mean[todo], max_logit[todo] = full.log_mass, full.mean, full.max_logit
+            rel[todo], used[todo], exact[todo] = 0.0, count, True
+        mean_bound = rel * (radius + mean.norm(dim=1))
+        return TopKMoments(log_mass=log_mass, mean=mean, max_logit=max_logit, rel_bound=rel, mean_bound=mean_bound,
+                           exact=exact, k=used, guaranteed=self.guaranteed)
+
+
+def _retrieved_moments(x: Tensor, rows: Tensor, band: Tensor, count: int, distance: Distance):
+    """log-mass, mean and max logit of the retrieved rows (k, D) at one query x (D,), and the bound
+    (N - k) exp(l_min) / sum exp(l) on the left-out mass (explicit differences: exact even for tiny bandwidths)."""
+    sq = (rows - x).square_().sum(1)
+    logits = -(sq if distance == "squared" else sq.sqrt()) / (2 * band * band)
+    log_mass = torch.logsumexp(logits, 0)
+    mean = torch.softmax(logits, 0) @ rows
+    left = count - rows.shape[0]
+    bound = torch.exp(math.log(left) + logits.min() - log_mass) if left else torch.zeros((), dtype=x.dtype)
+    return log_mass, mean, logits.max(), bound
