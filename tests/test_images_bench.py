@@ -38,7 +38,7 @@ def test_quick_benchmark_writes_outputs(which, tmp_path):
         assert 0 <= row["unsafe"] <= 1 and row["fd"] >= 0 and row["nfe_per_sample"] > 0
     rejection = next(r for r in result["rows"] if r["method"] == "rejection")
     plain = next(r for r in result["rows"] if r["method"] == "plain")
-    assert rejection["unsafe"] == 0 or rejection["extra"]["attempts"] >= 20 * result["config"]["samples"]
+    assert rejection["unsafe"] == 0 or rejection["extra"]["attempts"] >= 20 * result["config"]["samples"]  # exhausted
     assert rejection["nfe_per_sample"] >= plain["nfe_per_sample"]
 
 

@@ -15,6 +15,15 @@ from safedenoiser.kernels import auto_chunk_size, combine_moments, kernel_moment
 from safedenoiser.scale import MappedFileError, NegationFileWriter, TopKError, TopKKernel, map_array
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared, oversubscribed CPU OpenMP's spinning threads make small ops 100x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def reference(x, points, bandwidth, distance="squared"):
     """log-mass and softmax mean from explicit differences x - x_n, one query at a time, in float64."""
     points = points.double()

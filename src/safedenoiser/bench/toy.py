@@ -267,7 +267,7 @@ def plot_tradeoffs(records: list[dict[str, Any]], path: Path) -> None:
         ax.set_title(f"D = {dim}")
         ax.set_xlabel("unsafe fraction (0 plotted at 1e-4)")
     axes[0][0].set_ylabel("MMD to exact p_safe")
-    axes[0][-1].legend(fontsize=7, loc="best")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     fig.tight_layout()
     save_figure(fig, path, dpi=110)
     plt.close(fig)

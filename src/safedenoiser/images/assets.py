@@ -16,7 +16,7 @@ from torch import Tensor
 
 from .common import ASSETS
 from .data import FASHION_CLASSES, DataError, class_index, fashion_mnist_available, load_fashion_mnist
-from .evaluator import Evaluator, FeatureStats
+from .evaluator import Evaluator, FeatureStats, calibrate_copy_threshold
 
 EVAL_ASSET = ASSETS / "fashion_eval.safetensors"
 JUDGE_ASSET = ASSETS / "fashion_judge.safetensors"
@@ -103,6 +103,19 @@ def memorised_images(subset_index: list[int]) -> Tensor:
     return _from_uint8(data["memorised"])
 
 
+def memorised_copy_threshold(subset_index: list[int], quantile: float = 0.01) -> float:
+    """Copy threshold for a model trained on a subset: the ``quantile`` of distances from held-out test images
+    to their nearest image of the subset (a new image is that close to a subset image with probability
+    ``quantile``)."""
+    if fashion_mnist_available():
+        return calibrate_copy_threshold(memorised_images(subset_index), load_fashion_mnist("test").images, quantile)
+    data = _read_asset()
+    if "memorised_copy_threshold" not in data or quantile != 0.01:
+        raise DataError("Fashion-MNIST is not installed and the shipped assets hold no copy threshold for this subset")
+    memorised_images(subset_index)  # checks that the shipped subset is this one
+    return float(data["memorised_copy_threshold"])
+
+
 def build_eval_assets(evaluator: Evaluator, path: Path = EVAL_ASSET, subset_index: list[int] | None = None) -> Path:
     """Write negation images, reference images and FD statistics of the reference classes (needs Fashion-MNIST),
     and the memorised training images of a subset model."""
@@ -113,6 +126,7 @@ def build_eval_assets(evaluator: Evaluator, path: Path = EVAL_ASSET, subset_inde
     if subset_index:
         tensors["memorised"] = _to_uint8(memorised_images(subset_index))
         tensors["memorised_index"] = torch.tensor(subset_index, dtype=torch.long)
+        tensors["memorised_copy_threshold"] = torch.tensor(memorised_copy_threshold(subset_index), dtype=torch.float64)
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
               metadata={"negated_class": NEGATED_CLASS, "negation": f"first {SHIPPED_NEGATION} training images of the class",

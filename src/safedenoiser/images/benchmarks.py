@@ -23,7 +23,8 @@ from ..methods import (Calibration, CorrectedDenoiser, Correction, NegativeGuida
                        make_correction)
 from ..negation import NegationSet
 from ..sampling import rejection_sample
-from .assets import (MODELS, NEGATED_CLASS, class_negation_images, class_reference, load_judge, memorised_images,
+from .assets import (MODELS, NEGATED_CLASS, class_negation_images, class_reference, load_judge,
+                     memorised_copy_threshold, memorised_images,
                      require)
 from .common import denoiser_evaluations, edm_sigmas, generate, save_grid, write_json, write_text
 from .data import FASHION_CLASSES, class_index
@@ -270,8 +271,10 @@ def rejection_row(bench: Benchmark, draw: Callable[[Sequence[int]], Tensor], is_
                               max_attempts=20 * len(bench.seeds))
     unsafe, fd, precision, recall, extra = bench.measure(result.samples)
     bench.samples["rejection:None"] = result.samples
-    extra = {**extra, "attempts": float(result.attempts)}
-    return Row("rejection", "-", None, unsafe, fd, precision, recall, nfe * result.attempts / max(1, len(result.seeds)),
+    # draws needed when sampling one seed at a time (the batches above may draw a few seeds past the last one kept)
+    needed = result.attempts if result.exhausted else max(result.seeds) - first + 1
+    extra = {**extra, "attempts": float(needed)}
+    return Row("rejection", "-", None, unsafe, fd, precision, recall, nfe * needed / max(1, len(result.seeds)),
                round(time.time() - start, 1), extra)
 
 
@@ -398,7 +401,7 @@ def bench_memorisation(out: Path, size: Size, progress: bool = True, negated_cou
     kept = memorised[len(negated):]
     kept_stats = FeatureStats.of(evaluator.features(kept))
     kept_features = evaluator.features(kept)
-    threshold = evaluator.copy_threshold
+    threshold = memorised_copy_threshold(model.info["subset_index"])
     sigmas = edm_sigmas(size.steps)
     seeds = list(range(size.samples))
 
@@ -428,7 +431,8 @@ def bench_memorisation(out: Path, size: Size, progress: bool = True, negated_cou
               "bank_unsafe_share": calibration.unsafe_share}
     notes = (f"A model trained on {len(memorised)} Fashion-MNIST images until it regenerates them; the negation set "
              f"is {len(negated)} of them. A sample copies a training image when its pixel distance to it is below "
-             f"{threshold:.3f} (1% quantile of held-out test -> nearest training image distances). Unsafe = copies of "
+             f"{threshold:.3f} (1% quantile of the distances from held-out test images to their nearest image of the "
+             "training subset). Unsafe = copies of "
              "negated images; copy_other = copies of the others (should not fall much). FD and precision / recall "
              "against the non-negated memorised images. The calibration bank counts a bank sample as covered when it "
              "copies a negated image (same threshold).")
