@@ -34,6 +34,7 @@ from .substitution import BankSubstitution
 
 BANK_SEED = 1_000_000
 PAPER_WINDOW = (0.0, 0.22)  # the paper's critical window t in [780, 1000] of 1000 DDPM steps
+HALF_WINDOW = (0.0, 0.5)  # the first (high-noise) half of the steps: where bank substitution acts
 
 
 @dataclass
@@ -46,13 +47,16 @@ class Size:
 
 
 SWEEPS = {
-    "paper": [1.0, 1e300],
-    "reference": [0.1, 0.3, 1.0],
-    "calibrated": [1.0, 2.0, 4.0, 8.0],
-    "substitution": [1.0, 4.0, 16.0],
-    "spell": [0.05, 0.1, 0.2, 0.3],  # quantiles of the distance from plain samples to the negation set
-    "negative": [1.0, 2.0],
+    "paper": [1e300],
+    "reference": [0.3, 1.0],
+    "calibrated": [1.0, 2.0, 4.0],
+    "calibrated-window": [1.0, 2.0],
+    "substitution": [1.0, 2.0, 4.0],
+    "spell": [0.05, 0.1, 0.15],  # quantiles of the distance from plain samples to the negation set
+    "negative": [1.0],
 }
+COND_SWEEPS = {**SWEEPS, "paper": [1e300], "reference": [1.0], "calibrated": [1.0, 2.0], "calibrated-window": [1.0], "substitution": [1.0, 4.0],
+               "spell": [0.05, 0.1], "negative": [1.0, 2.0]}
 SIZES = {
     "default": Size(samples=256, steps=8, bank=512, negation=500, sweeps=SWEEPS),
     "quick": Size(samples=16, steps=3, bank=32, negation=50, sweeps={k: v[-1:] for k, v in SWEEPS.items()}),
@@ -101,10 +105,12 @@ class ClassWiseCorrected:
         return out
 
 
-def calibrated_correction(negation: NegationSet, calibration: Calibration, mode: str, gain: float) -> Correction:
+def calibrated_correction(negation: NegationSet, calibration: Calibration, mode: str, gain: float,
+                          window: Window | None = None) -> Correction:
+    """``substitution`` (bank substitution) or the core calibrated mode, optionally inside ``window``."""
     if mode == "substitution":
-        return BankSubstitution(negation, calibration, gain=gain)
-    return make_correction(negation, "calibrated", calibration=calibration, gain=gain)
+        return BankSubstitution(negation, calibration, gain=gain, window=window)
+    return make_correction(negation, "calibrated", calibration=calibration, gain=gain, window=window)
 
 
 def spell_radii(plain: Tensor, negation: NegationSet, quantiles: Sequence[float]) -> list[float]:
@@ -118,7 +124,7 @@ def spell_radii(plain: Tensor, negation: NegationSet, quantiles: Sequence[float]
 def method_settings(base: Callable[..., Tensor], negation: NegationSet, size: Size, plain: Tensor,
                     calibrated: Callable[[str, float], Callable[..., Tensor]], sigmas: Tensor) -> list[Setting]:
     """The sweeps shared by every benchmark: paper, reference code, calibrated, bank substitution, SPELL.
-    ``calibrated(mode, gain)`` builds the denoiser of a calibration-based mode."""
+    ``calibrated(mode, gain, window)`` builds the denoiser of a calibration-based mode."""
     window = Window.from_step_fractions(sigmas, *PAPER_WINDOW)
     settings = [Setting("plain", "-", None, lambda: base)]
     for eta in size.sweeps["paper"]:
@@ -128,9 +134,10 @@ def method_settings(base: Callable[..., Tensor], negation: NegationSet, size: Si
     for scale in size.sweeps["reference"]:
         settings.append(Setting("reference", "scale", scale, lambda scale=scale: CorrectedDenoiser(
             base, make_correction(negation, "reference", scale=scale, log_threshold=ref_threshold, window=window))))
-    for mode in ("calibrated", "substitution"):
+    half = Window.from_step_fractions(sigmas, *HALF_WINDOW)
+    for mode, win in (("calibrated", None), ("calibrated-window", half), ("substitution", half)):
         for gain in size.sweeps.get(mode, []):
-            settings.append(Setting(mode, "gain", gain, lambda mode=mode, gain=gain: calibrated(mode, gain)))
+            settings.append(Setting(mode, "gain", gain, lambda mode=mode, gain=gain, win=win: calibrated(mode, gain, win)))
     for q, radius in zip(size.sweeps["spell"], spell_radii(plain, negation, size.sweeps["spell"])):
         settings.append(Setting("spell", "radius", round(radius, 3), lambda radius=radius: CorrectedDenoiser(
             base, SparseRepellency(negation, radius=radius))))
@@ -309,8 +316,8 @@ def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NE
     bank = generate(model, list(range(BANK_SEED, BANK_SEED + size.bank)), size.steps, desc="calibration bank", progress=progress)
     calibration = Calibration.from_bank(bank, negation)
 
-    def calibrated(mode: str, gain: float):
-        return CorrectedDenoiser(model, calibrated_correction(negation, calibration, mode, gain))
+    def calibrated(mode: str, gain: float, window: Window | None):
+        return CorrectedDenoiser(model, calibrated_correction(negation, calibration, mode, gain, window))
 
     settings = method_settings(model, negation, size, plain, calibrated, sigmas)[1:]
     cond_path = MODELS["cond"]
@@ -336,6 +343,8 @@ def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NE
 
 
 def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGATED_CLASS, guidance: float = 2.0) -> dict[str, Any]:
+    if size.sweeps is SWEEPS:
+        size = Size(size.samples, size.steps, size.bank, size.negation, COND_SWEEPS)
     evaluator = load_judge()
     model = load_checkpoint(require(MODELS["cond"], "the class-conditional Fashion-MNIST model"))
     label = class_index(negated, FASHION_CLASSES)
@@ -364,8 +373,8 @@ def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGA
         except ValueError:  # every bank sample of the class is covered: fall back to the pooled bank
             calibrations[c] = pooled
 
-    def calibrated(mode: str, gain: float):
-        return ClassWiseCorrected(base, {c: calibrated_correction(negation, cal, mode, gain)
+    def calibrated(mode: str, gain: float, window: Window | None):
+        return ClassWiseCorrected(base, {c: calibrated_correction(negation, cal, mode, gain, window)
                                          for c, cal in calibrations.items()})
 
     settings = method_settings(base, negation, size, plain, calibrated, sigmas)[1:]
@@ -417,8 +426,8 @@ def bench_memorisation(out: Path, size: Size, progress: bool = True, negated_cou
     bank = generate(model, list(range(BANK_SEED, BANK_SEED + size.bank)), size.steps, desc="calibration bank", progress=progress)
     calibration = Calibration.from_bank(bank, negation, radius=threshold)  # covered = a copy of a negated image
 
-    def calibrated(mode: str, gain: float):
-        return CorrectedDenoiser(model, calibrated_correction(negation, calibration, mode, gain))
+    def calibrated(mode: str, gain: float, window: Window | None):
+        return CorrectedDenoiser(model, calibrated_correction(negation, calibration, mode, gain, window))
 
     settings = method_settings(model, negation, size, plain, calibrated, sigmas)[1:]
     for setting in tqdm(settings, desc="memorisation settings", disable=not progress):
@@ -460,6 +469,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", default="results/images", help="results folder (one sub-folder per benchmark)")
     p.add_argument("--samples", type=int, help="override the number of samples")
     p.add_argument("--steps", type=int, help="override the number of Heun steps")
+    p.add_argument("--bank", type=int, help="override the calibration bank size")
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(run=_run)
 
@@ -467,7 +477,7 @@ def register(subparsers) -> None:
 def _run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     size = SIZES["quick" if args.quick else "default"]
-    size = Size(args.samples or size.samples, args.steps or size.steps, size.bank, size.negation, size.sweeps)
+    size = Size(args.samples or size.samples, args.steps or size.steps, args.bank or size.bank, size.negation, size.sweeps)
     names = list(BENCHMARKS) if args.which == "all" else [args.which]
     for name in names:
         result = BENCHMARKS[name](Path(args.out) / name, size)

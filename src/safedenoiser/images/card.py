@@ -10,7 +10,7 @@ from .common import generate, save_grid, write_text
 from .network import ClassifierFreeGuidance, load_checkpoint
 
 
-def write_model_card(checkpoint: str | Path, steps: int = 18, seeds_per_row: int = 10) -> Path:
+def write_model_card(checkpoint: str | Path, steps: int = 12, seeds_per_row: int = 10) -> Path:
     """``<name>.md`` and ``<name>.png`` next to the checkpoint: 10 x 10 samples (one row per class for
     class-conditional models, guidance 2), seeds 0..99, Heun ``steps`` steps."""
     checkpoint = Path(checkpoint)
@@ -28,6 +28,8 @@ def write_model_card(checkpoint: str | Path, steps: int = 18, seeds_per_row: int
     grid = save_grid(images, checkpoint.with_suffix(".png"), nrow=seeds_per_row)
     params = sum(p.numel() for p in model.parameters())
     subset = info.get("subset_index") or []
+    limit_note = (f"; stopped by --time-limit, `--steps {info.get('steps')}` without it reproduces the run"
+                  if "--time-limit" in info.get("command", "") else "")
     text = f"""# {checkpoint.stem}
 
 EDM-preconditioned diffusers `UNet2DModel` ({params:,} parameters, block widths
@@ -39,7 +41,7 @@ Load it with `safedenoiser.images.network.load_checkpoint("{checkpoint.name}")`:
 |---|---|
 | command | `{info.get('command', '')}` |
 | data | {info.get('data', '')}{f" (subset of {len(subset)} images, seed {info.get('seed')})" if subset else ""} |
-| steps | {info.get('steps')} (batch {info.get('batch_size')}) |
+| steps | {info.get('steps')} (batch {info.get('batch_size')}){limit_note} |
 | wall time | {info.get('wall_time_s', 0) / 60:.1f} min on 1 thread of a shared 2-core CPU |
 | seed | {info.get('seed')} |
 | final loss (EMA of EDM-weighted loss) | {info.get('final_loss')} |

@@ -40,7 +40,7 @@ class Correction:
     """
 
     def __init__(self, negation: NegationSet, *, window: Window | None = None, callback: DiagnosticsCallback | None = None,
-                 chunk_size: int = 4096):
+                 chunk_size: int | None = None):
         if not isinstance(negation, NegationSet):
             raise TypeError(f"negation must be a NegationSet, got {type(negation).__name__}")
         self.negation = negation

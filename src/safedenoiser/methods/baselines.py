@@ -52,7 +52,7 @@ class SparseRepellency(Correction):
         return self.radius == 0 or super().is_identity
 
     def propose(self, x: Tensor, sigma: Tensor, x0: Tensor) -> Proposal:
-        shift, inside = repellency_shift(x0, self.negation.flat, self.radius, self.chunk_size)
+        shift, inside = repellency_shift(x0, self.negation.flat, self.radius, self.chunk_size or 4096)
         return Proposal(x0 + shift, inside > 0, {"weight": shift.norm(dim=1), "items_inside": inside})
 
 
