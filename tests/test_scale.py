@@ -223,3 +223,22 @@ def test_bench_kernel_command(tmp_path, capsys):
     assert "| float16 |" in (out / "kernel.md").read_text()
     assert main(["bench", "kernel", "--sizes", "0", "--out", str(out)]) == 2
     assert "must be >= 1" in capsys.readouterr().err
+
+
+def test_read_only_map_when_the_system_refuses_a_private_one(tmp_path, monkeypatch):
+    """Linux without overcommit refuses copy-on-write maps larger than RAM + swap (ENOMEM): map read-only."""
+    import errno
+
+    data = torch.randn(50, 6)
+    NegationSet(data).save(tmp_path / "set.safetensors")
+    real = np.memmap
+
+    def refusing(*args, **kwargs):
+        if kwargs.get("mode") == "c":
+            raise OSError(errno.ENOMEM, "Cannot allocate memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(np, "memmap", refusing)
+    mapped = NegationSet.open(tmp_path / "set.safetensors")
+    assert torch.equal(mapped.data, data)
+    assert torch.equal(mapped.moments(data[:2], 1.0).mean, NegationSet(data).moments(data[:2], 1.0).mean)

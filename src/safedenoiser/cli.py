@@ -21,7 +21,8 @@ COMMAND_MODULES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="safe-denoiser", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="safe-denoiser", description=(
+        "Training-free safe denoisers (arXiv 2502.08011): keep diffusion samples away from a negation set."))
     subparsers = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(subparsers)

@@ -54,9 +54,10 @@ SWEEPS = {
     "substitution": [1.0, 2.0, 4.0],
     "spell": [0.05, 0.1, 0.15],  # quantiles of the distance from plain samples to the negation set
     "negative": [1.0],
+    "negative-class": [2.0],
 }
 COND_SWEEPS = {**SWEEPS, "paper": [1e300], "reference": [1.0], "calibrated": [1.0, 2.0], "calibrated-window": [1.0], "substitution": [1.0, 4.0],
-               "spell": [0.05, 0.1], "negative": [1.0, 2.0]}
+               "spell": [0.05, 0.1], "negative-class": [1.5, 2.0, 3.0]}
 SIZES = {
     "default": Size(samples=256, steps=8, bank=512, negation=500, sweeps=SWEEPS),
     "quick": Size(samples=16, steps=3, bank=32, negation=50, sweeps={k: v[-1:] for k, v in SWEEPS.items()}),
@@ -203,7 +204,7 @@ class Benchmark:
     name: str
     seeds: list[int]
     steps: int
-    measure: Callable[[Tensor], tuple[float, float, float, float, dict[str, float]]]
+    measure: Callable[[Tensor, Sequence[int]], tuple[float, float, float, float, dict[str, float]]]
     cond: Callable[[Sequence[int]], dict[str, Any]] | None = None
     progress: bool = True
     samples: dict[str, Tensor] = field(default_factory=dict)
@@ -212,7 +213,7 @@ class Benchmark:
         start = time.time()
         images = generate(setting.make(), self.seeds, self.steps, cond=self.cond, progress=self.progress,
                           desc=f"{setting.method} {setting.value if setting.value is not None else ''}")
-        unsafe, fd, precision, recall, extra = self.measure(images)
+        unsafe, fd, precision, recall, extra = self.measure(images, self.seeds)
         key = f"{setting.method}:{setting.value}"
         self.samples[key] = images
         return Row(setting.method, setting.knob, setting.value, unsafe, fd, precision, recall,
@@ -276,7 +277,7 @@ def rejection_row(bench: Benchmark, draw: Callable[[Sequence[int]], Tensor], is_
 
     result = rejection_sample(cached_draw, is_unsafe, len(bench.seeds), first_seed=first, batch_size=len(bench.seeds),
                               max_attempts=20 * len(bench.seeds))
-    unsafe, fd, precision, recall, extra = bench.measure(result.samples)
+    unsafe, fd, precision, recall, extra = bench.measure(result.samples, result.seeds)
     bench.samples["rejection:None"] = result.samples
     # draws needed when sampling one seed at a time (the batches above may draw a few seeds past the last one kept)
     needed = result.attempts if result.exhausted else max(result.seeds) - first + 1
@@ -285,8 +286,9 @@ def rejection_row(bench: Benchmark, draw: Callable[[Sequence[int]], Tensor], is_
                round(time.time() - start, 1), extra)
 
 
-def _class_measure(evaluator: Evaluator, unsafe_label: int, reference, requested: Callable[[int], Tensor] | None = None):
-    def measure(images: Tensor):
+def _class_measure(evaluator: Evaluator, unsafe_label: int, reference,
+                   requested: Callable[[Sequence[int]], Tensor] | None = None):
+    def measure(images: Tensor, seeds: Sequence[int]):
         feats = evaluator.features(images)
         predicted = evaluator.judge.head(feats.float()).argmax(1)
         unsafe = float((predicted == unsafe_label).double().mean())
@@ -294,7 +296,7 @@ def _class_measure(evaluator: Evaluator, unsafe_label: int, reference, requested
         precision, recall = precision_recall(reference.features[: len(images)], feats)
         extra = {}
         if requested is not None:
-            want = requested(len(images))
+            want = requested(seeds)
             keep = want != unsafe_label
             extra["class_accuracy"] = float((predicted[keep] == want[keep]).double().mean())
         return unsafe, fd, precision, recall, extra
@@ -359,7 +361,7 @@ def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGA
 
     base = ClassifierFreeGuidance(model, guidance)
     bench = Benchmark("cond", seeds, size.steps, _class_measure(evaluator, label, reference,
-                                                                lambda n: torch.arange(n) % classes), cond=cond, progress=progress)
+                                                                lambda s: torch.as_tensor(list(s)) % classes), cond=cond, progress=progress)
     rows = [bench.run(Setting("plain", "-", None, lambda: base, cost=2.0))]
     plain = bench.samples["plain:None"]
     bank_seeds = list(range(BANK_SEED, BANK_SEED + size.bank))
@@ -380,8 +382,8 @@ def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGA
     settings = method_settings(base, negation, size, plain, calibrated, sigmas)[1:]
     for setting in settings:
         setting.cost = 2.0
-    for weight in size.sweeps["negative"]:
-        settings.append(Setting("negative-class", "guidance", guidance + weight, lambda w=guidance + weight:
+    for weight in size.sweeps["negative-class"]:
+        settings.append(Setting("negative-class", "guidance", weight, lambda w=weight:
                                 ClassifierFreeGuidance(model, w, negative_labels=label), cost=2.0))
     for setting in tqdm(settings, desc="cond settings", disable=not progress):
         rows.append(bench.run(setting))
@@ -401,7 +403,7 @@ def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGA
                         bench, 0.01, f"'{negated}' rate", config, extra_cols=("class_accuracy",), notes=notes)
 
 
-def bench_memorisation(out: Path, size: Size, progress: bool = True, negated_count: int = 10) -> dict[str, Any]:
+def bench_memorisation(out: Path, size: Size, progress: bool = True, negated_count: int = 4) -> dict[str, Any]:
     evaluator = load_judge()
     model = load_checkpoint(require(MODELS["memorise"], "the memorising Fashion-MNIST model"))
     memorised = memorised_images(model.info.get("subset_index", []))
@@ -414,7 +416,7 @@ def bench_memorisation(out: Path, size: Size, progress: bool = True, negated_cou
     sigmas = edm_sigmas(size.steps)
     seeds = list(range(size.samples))
 
-    def measure(images: Tensor):
+    def measure(images: Tensor, seeds: Sequence[int]):
         rates = copy_rates(images, memorised, negated, threshold)
         feats = evaluator.features(images)
         precision, recall = precision_recall(kept_features, feats)

@@ -1,8 +1,8 @@
 """The main demo: the shipped Fashion-MNIST models and negation examples, plain vs safe, in a few minutes.
 
 1. Unconditional model, negation set = 500 shipped trouser images: share of trousers, FD, samples.
-2. Memorising model, negation set = 10 of its 100 memorised images: copies of them, samples.
-Both on the same seeds with and without the safe denoiser (calibrated mode) and SPELL.
+2. Memorising model, negation set = 4 of its 16 memorised images: copies of them, samples.
+Both on the same seeds: plain, the safe denoiser (calibrated mode and bank substitution), SPELL, rejection.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from .common import write_json, write_text
 
 # knobs picked from the benchmark results (docs/images.md); the demo measures, it does not copy numbers
 DEMO_UNCOND = Size(samples=200, steps=8, bank=256, negation=500,
-                   sweeps={"paper": [], "reference": [], "calibrated": [4.0], "substitution": [4.0], "spell": [0.1], "negative": []})
-DEMO_MEMORISE = Size(samples=100, steps=8, bank=128, negation=10,
-                     sweeps={"paper": [], "reference": [], "calibrated": [4.0], "substitution": [4.0], "spell": [0.1], "negative": []})
+                   sweeps={"paper": [], "reference": [], "calibrated": [1.0], "substitution": [1.0], "spell": [0.05], "negative": []})
+DEMO_MEMORISE = Size(samples=100, steps=8, bank=128, negation=4,
+                     sweeps={"paper": [], "reference": [], "calibrated": [1.0], "substitution": [1.0], "spell": [0.05], "negative": []})
 
 
 def run_demo(out: Path, progress: bool = True, quick: bool = False) -> dict:
@@ -31,7 +31,7 @@ def run_demo(out: Path, progress: bool = True, quick: bool = False) -> dict:
     uncond = bench_uncond(out / "uncond", sizes[0], progress)
     memorise = bench_memorisation(out / "memorisation", sizes[1], progress)
     lines = ["| task | method | unsafe | FD (Fashion-MNIST classifier features) | NFE / sample |", "|---|---|---|---|---|"]
-    for task, result in (("negate trousers", uncond), ("forget 10 memorised images", memorise)):
+    for task, result in (("negate trousers", uncond), ("forget 4 memorised images", memorise)):
         for method, row in result["best"].items():
             lines.append(f"| {task} | {method} | {100 * row['unsafe']:.1f}% | {row['fd']:.2f} | {row['nfe_per_sample']:.0f} |")
     summary = {"seconds": round(time.time() - start, 1), "uncond": uncond["best"], "memorisation": memorise["best"]}
@@ -41,9 +41,9 @@ def run_demo(out: Path, progress: bool = True, quick: bool = False) -> dict:
 
 {table}
 
-Unsafe: share of samples the judge calls a trouser / share of samples copying one of the 10 negated
-memorised images. Grids (same seeds): `uncond/grid_plain.png` vs `uncond/grid_calibrated.png`,
-`memorisation/grid_plain.png` vs `memorisation/grid_calibrated.png`. Wall time {summary['seconds']:.0f} s.
+Unsafe: share of samples the judge calls a trouser / share of samples copying one of the 4 negated
+memorised images. Grids (same seeds): `uncond/grid_plain.png` vs `uncond/grid_substitution.png`,
+`memorisation/grid_plain.png` vs `memorisation/grid_substitution.png`. Wall time {summary['seconds']:.0f} s.
 """)
     return {"table": table, **summary}
 

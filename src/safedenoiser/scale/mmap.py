@@ -8,8 +8,10 @@ offsets, plus string metadata under ``__metadata__``, padded with spaces), then 
 
 from __future__ import annotations
 
+import errno
 import json
 import struct
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -33,15 +35,27 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 
 def _map_bytes(path: Path, offset: int, nbytes: int, dtype: torch.dtype, shape: tuple[int, ...]) -> Tensor:
-    """A (shape) tensor of ``dtype`` over ``nbytes`` bytes of ``path`` from ``offset``, memory-mapped
-    copy-on-write (numpy mode 'c'), so that writing into the tensor never changes the file."""
+    """A (shape) tensor of ``dtype`` over ``nbytes`` bytes of ``path`` from ``offset``, memory-mapped.
+
+    The map is copy-on-write (numpy mode 'c': writing into the tensor never changes the file) where the
+    operating system accepts it; Linux without overcommit refuses private maps larger than what it can
+    commit (RAM + swap), and then the map is read-only (mode 'r': the file's pages are shared, never
+    counted as the process's memory, and writing into the tensor is an error of the caller: it crashes).
+    """
     size = path.stat().st_size
     if offset + nbytes > size:
         raise MappedFileError(f"{path} is truncated: needs {offset + nbytes} bytes, has {size}")
     if nbytes == 0:
         return torch.empty(shape, dtype=dtype)
-    raw = np.memmap(path, dtype=np.uint8, mode="c", offset=offset, shape=(nbytes,))
-    return torch.from_numpy(raw).view(dtype).reshape(shape)
+    try:
+        raw = np.memmap(path, dtype=np.uint8, mode="c", offset=offset, shape=(nbytes,))
+    except OSError as err:
+        if err.errno != errno.ENOMEM:
+            raise MappedFileError(f"cannot map {path}: {err}") from err
+        raw = np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=(nbytes,))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(raw).view(dtype).reshape(shape)
 
 
 def read_safetensors_header(path: str | Path) -> tuple[dict[str, Any], int]:
