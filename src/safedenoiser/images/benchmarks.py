@@ -60,7 +60,7 @@ COND_SWEEPS = {**SWEEPS, "paper": [1e300], "reference": [1.0], "calibrated": [1.
                "spell": [0.05, 0.1], "negative-class": [1.5, 2.0, 3.0]}
 SIZES = {
     "default": Size(samples=256, steps=8, bank=512, negation=500, sweeps=SWEEPS),
-    "quick": Size(samples=16, steps=3, bank=32, negation=50, sweeps={k: v[-1:] for k, v in SWEEPS.items()}),
+    "quick": Size(samples=10, steps=3, bank=32, negation=50, sweeps={k: v[-1:] for k, v in SWEEPS.items()}),
 }
 
 

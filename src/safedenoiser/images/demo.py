@@ -27,7 +27,7 @@ def run_demo(out: Path, progress: bool = True, quick: bool = False) -> dict:
     start = time.time()
     sizes = (DEMO_UNCOND, DEMO_MEMORISE)
     if quick:
-        sizes = tuple(Size(12, 3, 24, s.negation, s.sweeps) for s in sizes)
+        sizes = tuple(Size(8, 8, 64, s.negation, s.sweeps) for s in sizes)
     uncond = bench_uncond(out / "uncond", sizes[0], progress)
     memorise = bench_memorisation(out / "memorisation", sizes[1], progress)
     lines = ["| task | method | unsafe | FD (Fashion-MNIST classifier features) | NFE / sample |", "|---|---|---|---|---|"]
