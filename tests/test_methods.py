@@ -172,3 +172,21 @@ def test_window_from_step_fractions():
     window = Window.from_step_fractions(sigmas, 0.0, 0.2)
     assert window.sigma_max == float(sigmas[0]) and window.sigma_min == float(sigmas[1])
     assert Window.from_step_fractions(sigmas, 0.5, 0.5).empty
+
+
+def test_substitution_mode_approaches_the_exact_safe_denoiser():
+    """With exact samples in the negation set and the bank, x0 + r (E_bank - E_unsafe) is close to the exact
+    E_safe of the mixture, much closer than the model's E_data, and its weight r stays in [0, 1]."""
+    mix = make_mixture(2, seed=0)
+    gen = torch.Generator().manual_seed(6)
+    safe_mixture = mix.restrict(range(2, 8))
+    negation = NegationSet(mix.restrict([0, 1]).sample(4000, gen)[0])
+    calibration = Calibration.from_bank(mix.sample(16000, gen)[0], negation)
+    sigma = 0.4
+    x = mix.sample(400, gen)[0] + sigma * torch.randn(400, 2, generator=gen, dtype=torch.float64)
+    seen = []
+    x0 = mix.denoise(x, sigma)
+    out = make_correction(negation, "substitution", calibration=calibration, callback=seen.append)(x, sigma, x0)
+    exact = safe_mixture.denoise(x, sigma)
+    assert bool(((seen[-1]["weight"] >= 0) & (seen[-1]["weight"] <= 1)).all())
+    assert float((out - exact).norm(dim=1).mean()) < 0.25 * float((x0 - exact).norm(dim=1).mean())

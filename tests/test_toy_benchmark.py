@@ -10,7 +10,7 @@ def test_toy_quick_writes_all_outputs(tmp_path):
         assert (out / name).stat().st_size > 0, name
     summary = json.loads((out / "toy.json").read_text())
     methods = {r["method"].split(" (")[0] for r in summary["records"]}
-    assert {"plain", "oracle", "paper", "calibrated", "reference", "spell", "negative guidance", "rejection"} <= methods
+    assert {"plain", "oracle", "paper", "calibrated", "substitution", "reference", "spell", "negative guidance", "rejection"} <= methods
     plain = next(r for r in summary["records"] if r["method"] == "plain")
     oracle = next(r for r in summary["records"] if r["method"] == "oracle")
     assert plain["unsafe"] > 0.1 and oracle["unsafe"] < 0.05

@@ -47,6 +47,7 @@ class ToyConfig:
     sweeps: dict[str, list[float]] = field(default_factory=lambda: {
         "paper": [1e-3, 1.0, 1e3, 1e6, 1e10, 1e15, 1e20, 1e30, 1e45, 1e60],
         "calibrated": [0.5, 1.0, 2.0, 3.0, 4.0, 8.0],
+        "substitution": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
         "reference": [0.05, 0.1, 0.2, 0.5, 1.0, 2.0],
         "reference_bandwidth": [0.5, 1.0, 2.0],
         "spell": [0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5],
@@ -143,6 +144,8 @@ def method_runs(problem: Problem, cfg: ToyConfig) -> list[tuple[str, str, float,
              for eta in cfg.sweeps["paper"]]
     runs += [("calibrated", "gain", gain, corrected(lambda gain=gain: make_correction(
         neg, "calibrated", calibration=problem.calibration, gain=gain))) for gain in cfg.sweeps["calibrated"]]
+    runs += [("substitution", "gain", gain, corrected(lambda gain=gain: make_correction(
+        neg, "substitution", calibration=problem.calibration, gain=gain))) for gain in cfg.sweeps["substitution"]]
     for factor in cfg.sweeps["reference_bandwidth"]:
         # exp(-d / (2 s^2)) falls to 1/e at d = factor^2 * (median distance of a model sample to the negation set)
         bandwidth = factor * math.sqrt(problem.distance_quantile(0.5) / 2)
@@ -202,7 +205,8 @@ def run_dimension(dim: int, cfg: ToyConfig, log: RunLog, progress: bool = True) 
     records.append({**record, "dim": dim, "method": "rejection", "knob": "-", "value": 0.0})
     for r in records:
         r["noise_floor"] = problem.noise_floor
-        r["bank_evaluations_per_sample"] = problem.bank_evaluations / cfg.samples if r["method"] == "calibrated" else 0.0
+        uses_bank = r["method"] in ("calibrated", "substitution")
+        r["bank_evaluations_per_sample"] = problem.bank_evaluations / cfg.samples if uses_bank else 0.0
     return problem, records
 
 
@@ -235,11 +239,11 @@ def markdown_table(records: list[dict[str, Any]], cfg: ToyConfig) -> str:
                      f"{r['mmd'] / oracle[r['dim']]:.2f} | {evals:.0f} | {r['seconds']:.1f} |")
     floors = ", ".join(f"D={d}: {r['noise_floor']:.4f}" for d, r in {r["dim"]: r for r in records}.items())
     lines += ["", f"MMD between two independent exact p_safe samples of the same size (noise floor): {floors}.",
-              "evals / sample for calibrated includes the amortised bank of unguided samples."]
+              "evals / sample for calibrated and substitution includes the amortised bank of unguided samples."]
     return "\n".join(lines) + "\n"
 
 
-ORDER = ["plain", "oracle", "rejection", "calibrated", "paper", "reference", "spell", "negative guidance"]
+ORDER = ["plain", "oracle", "rejection", "calibrated", "substitution", "paper", "reference", "spell", "negative guidance"]
 
 
 def plot_tradeoffs(records: list[dict[str, Any]], path: Path) -> None:

@@ -30,7 +30,6 @@ from .common import denoiser_evaluations, edm_sigmas, generate, save_grid, write
 from .data import FASHION_CLASSES, class_index
 from .evaluator import FD_LABEL, Evaluator, FeatureStats, copy_rates, frechet_distance, precision_recall
 from .network import ClassifierFreeGuidance, EDMUNet, load_checkpoint
-from .substitution import BankSubstitution
 
 BANK_SEED = 1_000_000
 PAPER_WINDOW = (0.0, 0.22)  # the paper's critical window t in [780, 1000] of 1000 DDPM steps
@@ -110,7 +109,7 @@ def calibrated_correction(negation: NegationSet, calibration: Calibration, mode:
                           window: Window | None = None) -> Correction:
     """``substitution`` (bank substitution) or the core calibrated mode, optionally inside ``window``."""
     if mode == "substitution":
-        return BankSubstitution(negation, calibration, gain=gain, window=window)
+        return make_correction(negation, "substitution", calibration=calibration, gain=gain, window=window)
     return make_correction(negation, "calibrated", calibration=calibration, gain=gain, window=window)
 
 

@@ -28,7 +28,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..kernels import kernel_moments, nearest_distances, nearest_neighbours, squared_norms
+from ..kernels import KernelMoments, kernel_moments, nearest_distances, nearest_neighbours, squared_norms
 from ..negation import NegationSet
 
 
@@ -95,12 +95,18 @@ class Calibration:
         share = float(covered.double().mean())
         return cls(flat[~covered], share, radius=radius, bank_size=flat.shape[0])
 
-    def log_beta_star(self, x: Tensor, sigma: Tensor, log_unsafe_density: Tensor) -> Tensor:
-        """log beta*(x) (B,) from log[(1/N) sum_n k(x, x_n)] (B,) computed by the caller with the same kernel."""
+    def safe_moments(self, x: Tensor, sigma: Tensor, with_mean: bool = False) -> KernelMoments:
+        """Kernel moments of the safe bank at queries x (B, D): its log-mass and (optionally) its kernel mean,
+        an estimate of E_safe[x0 | x]."""
+        return kernel_moments(x, self.safe_bank.to(x.device), sigma, point_sq_norms=self.safe_sq_norms.to(x.device),
+                              with_mean=with_mean)
+
+    def log_beta_star(self, x: Tensor, sigma: Tensor, log_unsafe_density: Tensor, safe: KernelMoments | None = None) -> Tensor:
+        """log beta*(x) (B,) from log[(1/N) sum_n k(x, x_n)] (B,) computed by the caller with the same kernel;
+        ``safe`` reuses moments of the safe bank already computed by the caller."""
         if self.unsafe_share == 0:
             return torch.full_like(log_unsafe_density, -math.inf)
-        safe = kernel_moments(x, self.safe_bank.to(x.device), sigma, point_sq_norms=self.safe_sq_norms.to(x.device),
-                              with_mean=False)
+        safe = self.safe_moments(x, sigma) if safe is None else safe
         log_safe_density = safe.log_mass - math.log(self.safe_bank.shape[0])
         log_odds = math.log(self.unsafe_share) - math.log1p(-self.unsafe_share)
         return log_odds + log_unsafe_density - log_safe_density

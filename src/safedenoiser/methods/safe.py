@@ -6,6 +6,7 @@ E_unsafe is the kernel (softmax-attention) mean of the negation set; the three m
 
 * ``paper``       w = eta * beta(x),  beta(x) = (1/N) sum_n N(x; x_n, sigma^2 I)       (Eq. 7), gated by beta_t
 * ``calibrated``  w = gain * beta*(x) estimated with kernel densities of one bandwidth (see calibration.py)
+* ``substitution`` x0 + r (E_bank - E_unsafe), r = g beta* / (1 + g beta*): the calibrated weight without extrapolation
 * ``reference``   the authors' public code: kernel on x0, plain distance, x0 - scale * E_unsafe, beta as a gate
 """
 
@@ -22,7 +23,7 @@ from ..negation import NegationSet
 from .base import Correction, CorrectedDenoiser, Proposal
 from .calibration import Calibration
 
-MODES = ("paper", "calibrated", "reference")
+MODES = ("paper", "calibrated", "substitution", "reference")
 
 
 def safe_update(x0: Tensor, unsafe_mean: Tensor, weight: Tensor) -> Tensor:
@@ -95,6 +96,28 @@ class CalibratedCorrection(Correction):
                          "max_kernel_weight": torch.exp(moments.max_logit - moments.log_mass)})
 
 
+class SubstitutionCorrection(CalibratedCorrection):
+    """Bank substitution (this project): with r = beta* / (1 + beta*) the posterior probability of the unsafe part,
+    E_data = (1 - r) E_safe + r E_unsafe (paper Eq. 5 rearranged). Instead of solving for E_safe, which multiplies
+    the small, noisy E_data - E_unsafe by beta* (unbounded where a sample has committed to unsafe content), replace
+    the unsafe part by the kernel mean E_bank of the calibration's safe bank, an estimate of E_safe:
+
+        x0' = x0 + r (E_bank - E_unsafe),   r = g beta* / (1 + g beta*) <= 1.
+
+    Exact when E_bank = E_safe; reduces to the model where r ~ 0. Knobs as the calibrated mode (``gain`` g,
+    ``log_threshold`` on log beta*, ``window``); the weight is bounded by 1, so ``max_weight`` is not used.
+    """
+
+    def propose(self, x: Tensor, sigma: Tensor, x0: Tensor) -> Proposal:
+        moments = self.negation.moments(x, sigma, chunk_size=self.chunk_size)
+        safe = self.calibration.safe_moments(x, sigma, with_mean=True)
+        log_beta = self.calibration.log_beta_star(x, sigma, moments.log_mass - math.log(len(self.negation)), safe)
+        r = torch.sigmoid(log_beta + math.log(self.gain))
+        return Proposal(x0 + r[:, None] * (safe.mean - moments.mean), log_beta > self.log_threshold,
+                        {"weight": r, "log_beta": log_beta, "log_kernel_mass": moments.log_mass,
+                         "max_kernel_weight": torch.exp(moments.max_logit - moments.log_mass)})
+
+
 class ReferenceCodeCorrection(Correction):
     """What the authors' public code does: with k_n = exp(-|x0 - x_n| / (2 s^2)) on the *predicted* x0 (plain,
     not squared, distance; fixed bandwidth s, default 1), beta_ref = sum_n k_n (a sum, not a mean) gates
@@ -141,11 +164,13 @@ class ReferenceCodeCorrection(Correction):
 
 
 def make_correction(negation: NegationSet, mode: str = "paper", **knobs: Any) -> Correction:
-    """Build the correction of ``mode`` ('paper', 'calibrated' or 'reference') with its knobs."""
+    """Build the correction of ``mode`` ('paper', 'calibrated', 'substitution' or 'reference') with its knobs."""
     if mode == "paper":
         return PaperCorrection(negation, **knobs)
     if mode == "calibrated":
         return CalibratedCorrection(negation, **knobs)
+    if mode == "substitution":
+        return SubstitutionCorrection(negation, **knobs)
     if mode == "reference":
         return ReferenceCodeCorrection(negation, **knobs)
     raise ValueError(f"unknown safe-denoiser mode {mode!r}; choose one of {MODES}")
