@@ -5,9 +5,8 @@ import math
 import pytest
 import torch
 
-from safedenoiser import (Calibration, NegationSet, NegativeGuidance, SparseRepellency, Window, heun, karras_sigmas,
+from safedenoiser import (Calibration, NegationSet, NegativeGuidance, SparseRepellency, Window, karras_sigmas,
                           make_correction, make_mixture, safe_denoiser, sample)
-from safedenoiser.methods import CorrectedDenoiser
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ and one sample grid per method at its best operating point (lowest FD with unsaf
 from __future__ import annotations
 
 import argparse
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from .assets import (MODELS, NEGATED_CLASS, class_negation_images, class_referen
 from .common import denoiser_evaluations, edm_sigmas, generate, save_grid, write_json, write_text
 from .data import FASHION_CLASSES, class_index
 from .evaluator import FD_LABEL, Evaluator, FeatureStats, copy_rates, frechet_distance, precision_recall
-from .network import ClassifierFreeGuidance, EDMUNet, load_checkpoint
+from .network import ClassifierFreeGuidance, load_checkpoint
 
 BANK_SEED = 1_000_000
 PAPER_WINDOW = (0.0, 0.22)  # the paper's critical window t in [780, 1000] of 1000 DDPM steps
