@@ -339,8 +339,11 @@ def e2e_section(cfg: KernelBenchConfig) -> dict[str, Any]:
                      model, negation, "paper", eta=1.0, window=Window.from_step_fractions(sigmas, 0.0, 0.22))}
     times: dict[str, list[float]] = {name: [] for name in denoisers}
     with torch.no_grad():
+        names = list(denoisers)
         for repeat in range(cfg.repeats + 1):
-            for name, den in denoisers.items():  # interleaved, so that all share the machine's load
+            order = names[repeat % len(names):] + names[: repeat % len(names)]  # rotated: no method always runs first
+            for name in order:  # interleaved, so that all share the machine's load
+                den = denoisers[name]
                 start = time.perf_counter()
                 sample(den, seeds, (1, 28, 28), sigmas)
                 if repeat:
