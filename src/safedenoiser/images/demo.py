@@ -16,7 +16,7 @@ import torch
 from .benchmarks import Size, bench_memorisation, bench_uncond
 from .common import write_json, write_text
 
-# knobs picked from the benchmark results (docs/images.md); the demo measures, it does not copy numbers
+# knobs picked from the benchmark results (README, section "Images"); the demo measures, it does not copy numbers
 DEMO_UNCOND = Size(samples=200, steps=8, bank=256, negation=500,
                    sweeps={"paper": [], "reference": [], "calibrated": [1.0], "substitution": [1.0], "spell": [0.05], "negative": []})
 DEMO_MEMORISE = Size(samples=100, steps=8, bank=128, negation=4,

@@ -1,6 +1,6 @@
 """Negation sets at scale: memory-mapped files and top-k kernels with a bounded truncation error.
 
-The streamed exact kernels themselves live in :mod:`safedenoiser.kernels`; see docs/scale.md.
+The streamed exact kernels themselves live in :mod:`safedenoiser.kernels`; see the README section "Scale".
 """
 
 from .mmap import MappedFileError, NegationFileWriter, SafetensorsWriter, map_array, map_safetensors
