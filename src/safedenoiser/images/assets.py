@@ -37,7 +37,7 @@ def _from_uint8(images: Tensor) -> Tensor:
 
 def require(path: Path, what: str) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(f"{what} not found at {path}; reinstall the package or rebuild the assets (README, section "Images")")
+        raise FileNotFoundError(f"{what} not found at {path}; reinstall the package or rebuild the assets (README, section 'Images')")
     return path
 
 
