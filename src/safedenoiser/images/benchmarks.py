@@ -45,13 +45,13 @@ class Size:
 
 
 SWEEPS = {
-    "paper": [1e300],
-    "reference": [0.3, 1.0],
+    "paper": [1.0, 1e100, 1e300],
+    "reference": [0.1, 0.3, 1.0, 3.0],
     "calibrated": [1.0, 2.0, 4.0],
     "calibrated-window": [1.0, 2.0],
     "substitution": [1.0, 2.0, 4.0],
-    "spell": [0.05, 0.1, 0.15],  # quantiles of the distance from plain samples to the negation set
-    "negative": [1.0],
+    "spell": [0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3],  # quantiles of the distance from plain samples to the negation set
+    "negative": [0.5, 1.0, 2.0],
     "negative-class": [2.0],
 }
 COND_SWEEPS = {**SWEEPS, "paper": [1e300], "reference": [1.0], "calibrated": [1.0, 2.0], "calibrated-window": [1.0], "substitution": [1.0, 4.0],
