@@ -59,6 +59,13 @@ def batch_sigma(sigma: Tensor | float, batch: int, dtype: torch.dtype, device: t
     return sigma
 
 
+def chunk_sq_distances(queries: Tensor, query_sq: Tensor, chunk: Tensor, chunk_sq: Tensor | None = None) -> Tensor:
+    """|q_b - x_n|^2 (B, C) = |q_b|^2 + |x_n|^2 - 2 q_b . x_n for queries (B, D) and a chunk of points (C, D),
+    clamped at 0 (the expansion can round slightly below)."""
+    chunk_sq = (chunk * chunk).sum(1) if chunk_sq is None else chunk_sq
+    return torch.addmm(query_sq[:, None] + chunk_sq[None, :], queries, chunk.T, alpha=-2.0).clamp_min_(0)
+
+
 def auto_chunk_size(dim: int, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> int:
     """Rows per chunk: about 2 MiB of points in the compute dtype on a CPU (each chunk is read twice, for the
     logits and for the weighted sum, and the second read should come from cache), 64 MiB on an accelerator
@@ -141,8 +148,7 @@ def kernel_moments(
             # l_n + |x|^2 / (2 sigma^2) = (x . x_n - |x_n|^2 / 2) / sigma^2: the row constant is added at the end
             logits = torch.addmm(chunk_sq[None, :], xs, chunk.T, beta=-0.5).mul_(inv_band_sq[:, None])
         else:
-            sq_dist = torch.addmm(x_sq[:, None] + chunk_sq[None, :], xs, chunk.T, alpha=-2.0).clamp_min_(0)
-            logits = sq_dist.sqrt_().mul_(-0.5 * inv_band_sq[:, None])
+            logits = chunk_sq_distances(xs, x_sq, chunk, chunk_sq).sqrt_().mul_(-0.5 * inv_band_sq[:, None])
         new_max = torch.maximum(run_max, logits.amax(1))
         rescale = (run_max - new_max).exp_()  # (B,), 0 on the first chunk
         weights = logits.sub_(new_max[:, None]).exp_()  # (B, C), in (0, 1]
@@ -196,7 +202,7 @@ def nearest_neighbours(queries: Tensor, points: Tensor, k: int = 1, *, exclude_s
     rows = torch.arange(q.shape[0], device=q.device)
     for start in range(0, points.shape[0], chunk_size):
         chunk = points[start : start + chunk_size].to(device=q.device, dtype=dtype)
-        sq = torch.addmm(q_sq[:, None] + (chunk * chunk).sum(1)[None, :], q, chunk.T, alpha=-2.0).clamp_min_(0)
+        sq = chunk_sq_distances(q, q_sq, chunk)
         if exclude_self:
             cols = rows - start
             inside = (cols >= 0) & (cols < chunk.shape[0])

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..kernels import compute_dtype
+from ..kernels import chunk_sq_distances, compute_dtype
 from ..models.adapters import Denoiser
 from ..negation import NegationSet
 from .base import Correction, Proposal
@@ -30,7 +30,7 @@ def repellency_shift(x0: Tensor, points: Tensor, radius: float, chunk_size: int 
     inside = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
     for start in range(0, points.shape[0], chunk_size):
         chunk = points[start : start + chunk_size].to(device=x.device, dtype=dtype)
-        dist = torch.addmm(x_sq[:, None] + (chunk * chunk).sum(1)[None, :], x, chunk.T, alpha=-2.0).clamp_min_(0).sqrt_()
+        dist = chunk_sq_distances(x, x_sq, chunk).sqrt_()
         coef = torch.relu(radius - dist) / dist.clamp_min(torch.finfo(dtype).tiny)  # (B, C)
         coef_sum += coef.sum(1)
         weighted += coef @ chunk
