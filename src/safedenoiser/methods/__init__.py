@@ -2,13 +2,13 @@
 
 from .base import CorrectedDenoiser, Correction, Proposal
 from .baselines import NegativeGuidance, SparseRepellency, repellency_shift
-from .calibration import Calibration, coverage_radius
+from .calibration import Calibration
 from .safe import (MODES, CalibratedCorrection, PaperCorrection, ReferenceCodeCorrection, SubstitutionCorrection,
                    make_correction, safe_denoiser)
 from .window import Window
 
 __all__ = [
     "MODES", "CalibratedCorrection", "Calibration", "CorrectedDenoiser", "Correction", "NegativeGuidance",
-    "PaperCorrection", "Proposal", "ReferenceCodeCorrection", "SparseRepellency", "SubstitutionCorrection", "Window", "coverage_radius",
+    "PaperCorrection", "Proposal", "ReferenceCodeCorrection", "SparseRepellency", "SubstitutionCorrection", "Window",
     "make_correction", "repellency_shift", "safe_denoiser",
 ]

@@ -32,16 +32,6 @@ from ..kernels import KernelMoments, kernel_moments, nearest_distances, nearest_
 from ..negation import NegationSet
 
 
-def coverage_radius(negation: NegationSet, quantile: float = 0.99) -> float:
-    """``quantile`` of the leave-one-out nearest-neighbour distances inside the negation set."""
-    if len(negation) < 2:
-        raise ValueError("a coverage radius needs a negation set of at least two items")
-    if not 0 < quantile <= 1:
-        raise ValueError(f"quantile must be in (0, 1], got {quantile}")
-    loo = nearest_distances(negation.flat, negation.flat, exclude_self=True)
-    return float(torch.quantile(loo.double().cpu(), quantile))
-
-
 def negation_share(bank: Tensor, negation: NegationSet, neighbours: int = 20) -> Tensor:
     """For each bank sample (M, D): the share of negation items among its ``neighbours`` nearest neighbours
     in the union of the negation set and the rest of the bank (M,)."""
