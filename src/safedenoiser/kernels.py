@@ -21,7 +21,10 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from . import cpu_kernel
+
 Distance = Literal["squared", "euclidean"]
+Backend = Literal["auto", "torch", "fused"]
 DEFAULT_CHUNK = 4096
 CPU_CHUNK_BYTES = 2 << 20
 ACCELERATOR_CHUNK_BYTES = 64 << 20
@@ -96,6 +99,8 @@ def kernel_moments(
     with_mean: bool = True,
     chunk_size: int | None = None,
     dtype: torch.dtype | None = None,
+    backend: Backend = "auto",
+    threads: int | None = None,
 ) -> KernelMoments:
     """Stream the kernel moments of ``points`` (N, D) at queries ``x`` (B, D) in one pass over the points.
 
@@ -106,6 +111,11 @@ def kernel_moments(
     in the accumulation ``dtype`` (default :func:`compute_dtype` of the inputs: float32, or float64 if any
     input is float64). ``chunk_size`` rows per step (default :func:`auto_chunk_size`). Extra memory:
     O(B x D + chunk x D + B x chunk), whatever N.
+
+    ``backend``: ``"fused"`` is the one-pass compiled CPU loop of :mod:`safedenoiser.cpu_kernel` (float32
+    accumulation, CPU queries and points, ``threads`` shards, default ``torch.get_num_threads()``);
+    ``"torch"`` the chunked torch formulation (any device, float64); ``"auto"`` picks the fused loop whenever
+    it applies and numba is installed.
     """
     if x.ndim != 2 or points.ndim != 2 or x.shape[1] != points.shape[1]:
         raise ValueError(f"kernel_moments needs x (B, D) and points (N, D); got {tuple(x.shape)} and {tuple(points.shape)}")
@@ -125,11 +135,25 @@ def kernel_moments(
     chunk_size = chunk_size or auto_chunk_size(dim, dtype, device)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if backend not in ("auto", "torch", "fused"):
+        raise ValueError(f"unknown kernel backend {backend!r}; expected 'auto', 'torch' or 'fused'")
     xs = x.to(dtype)
     band = batch_sigma(bandwidth, batch, dtype, device)
     inv_band_sq = 1.0 / (band * band)  # (B,)
     squared = distance == "squared"
     x_sq = (xs * xs).sum(1)  # (B,)
+    fused_applies = cpu_kernel.available() and dtype == torch.float32 and device.type == "cpu" and points.device.type == "cpu"
+    if backend == "fused" and not fused_applies:
+        raise ValueError("the fused kernel needs numba, float32 accumulation and CPU queries and points; "
+                         f"got dtype {dtype}, devices {device} / {points.device}, numba {'yes' if cpu_kernel.available() else 'missing'}")
+    if backend == "fused" or (backend == "auto" and fused_applies):
+        run_max, run_sum, acc = cpu_kernel.fused_moments(
+            xs, points, inv_band_sq, point_sq_norms, euclidean=not squared, with_mean=with_mean,
+            chunk_size=chunk_size, threads=threads or torch.get_num_threads())
+        if squared:
+            run_max = run_max - 0.5 * (x_sq * inv_band_sq).double()
+        mean = (acc / run_sum[:, None]).to(dtype) if acc is not None else None
+        return KernelMoments(log_mass=(run_max + torch.log(run_sum)).to(dtype), mean=mean, max_logit=run_max.to(dtype))
     buffer = None
     if points.dtype != dtype or points.device != device:
         buffer = torch.empty(min(chunk_size, count), dim, dtype=dtype, device=device)
