@@ -245,12 +245,12 @@ def fused_moments(
     in_place = points.dtype == torch.float32 and points.is_contiguous()
     flat = _numpy_view(points) if in_place else None
     threads = max(1, min(threads, count * dim // MIN_FLOATS_PER_THREAD, count))
-    bounds = np.linspace(0, count, threads + 1).astype(np.int64)
+    bounds = [count * shard // threads for shard in range(threads + 1)]
     states = [(np.zeros((batch, dim)), np.full(batch, -np.inf), np.zeros(batch)) for _ in range(threads)]
 
     def run(shard: int) -> None:
         acc, run_max, run_sum = states[shard]
-        start, stop = int(bounds[shard]), int(bounds[shard + 1])
+        start, stop = bounds[shard], bounds[shard + 1]
         if flat is not None:
             _shard(xs, x_sq, inv, flat, sq, start, stop, rows, euclidean, with_mean, acc, run_max, run_sum)
             return

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import cpu_kernel
 from ..kernels import kernel_moments, squared_norms
 from ..negation import NegationSet
 from ..results import write_atomic
@@ -124,6 +125,14 @@ def read_bandwidth(nbytes: int = GIB, repeats: int = 5) -> float:
     return nbytes / best
 
 
+def matmul_peak(size: int = 2048, repeats: int = 5) -> float:
+    """Multiply-adds per second of a float32 (size x size) @ (size x size) matmul in torch's threads (best of
+    repeats): the cores' practical multiply-add rate, which bounds any kernel doing 2 B D multiply-adds per row."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    _, best = timed(lambda: a @ b, repeats)
+    return size**3 / best
+
+
 def random_points(count: int, dim: int, dtype: torch.dtype, seed: int) -> Tensor:
     """(count, dim) standard normal items in ``dtype``, generated in chunks (no float32 copy of a float16 set)."""
     gen = torch.Generator().manual_seed(seed)
@@ -171,7 +180,10 @@ def grid_section(cfg: KernelBenchConfig, bandwidth_gbs: float, progress: bool) -
                 call = lambda: kernel_moments(x, points, bandwidth, point_sq_norms=sq)  # noqa: E731
                 median, sum_median = timed_against(call, lambda: points.sum(), cfg.repeats)
                 moments, peak = peak_extra_memory(call)
+                torch_path, _ = timed(lambda: kernel_moments(x, points, bandwidth, point_sq_norms=sq, backend="torch"),
+                                      max(1, cfg.repeats - 1))
                 row = {"n": count, "d": dim, "b": batch, "status": "ok", "seconds": median, "sum_seconds": sum_median,
+                       "torch_path_seconds": torch_path,
                        "pass_fraction": sum_median / median, "peak_extra_mb": None if peak is None else peak / 1e6,
                        "bandwidth_gbs": nbytes / median / 1e9, "bandwidth_fraction": nbytes / median / 1e9 / bandwidth_gbs}
                 naive_bytes = 2 * batch * count * dim * 4
@@ -361,25 +373,29 @@ def _fmt(value: Any, spec: str = ".3g") -> str:
 def _grid_line(row: dict[str, Any]) -> str:
     return (f"N={row['n']:>8} D={row['d']:>6} B={row['b']}: {row['seconds']:.4f} s, {row['bandwidth_gbs']:.2f} GB/s "
             f"({100 * row['bandwidth_fraction']:.0f}% of read; a sum over the same data: {row['sum_seconds']:.4f} s), "
-            f"peak +{_fmt(row['peak_extra_mb'])} MB")
+            f"peak +{_fmt(row['peak_extra_mb'])} MB; torch path {row['torch_path_seconds']:.4f} s")
 
 
 def markdown(report: dict[str, Any]) -> str:
-    lines = [f"Machine: {report['machine']}; torch threads: {report['threads']}; read bandwidth (sum over {report['config']['read_gib']:g} GiB, best of 5): "
+    lines = [f"Machine: {report['machine']}; torch threads: {report['threads']}; kernel backend: {report.get('backend', 'torch')}; "
+             f"matmul rate {report.get('matmul_peak_gmacs', float('nan')):.1f} G multiply-adds/s; read bandwidth (sum over {report['config']['read_gib']:g} GiB, best of 5): "
              f"{report['read_bandwidth_gbs'][0]:.2f} GB/s before, {report['read_bandwidth_gbs'][1]:.2f} GB/s after.", ""]
     if report.get("grid"):
         lines += ["% of read bw: N D 4 bytes / time against the larger of the two read-bandwidth measurements above; sum / kernel: a `sum` over the same set, "
-                  "timed alternately with the kernel (robust to other processes' load).", "",
-                  "| N | D | B | s / call | GB/s | % of read bw | sum / kernel | peak extra MB | naive s / call | naive peak MB | "
-                  "rel. err vs naive (mean) |",
-                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                  "timed alternately with the kernel (robust to other processes' load). Compute roof: the read speed at which 2 B multiply-adds "
+                  f"per float run at the measured matmul rate ({report['matmul_peak_gmacs']:.1f} G multiply-adds/s), as % of the read bandwidth; "
+                  "% of roof: GB/s against the smaller of the two roofs. torch path: the chunked torch formulation (`backend=\"torch\"`).", "",
+                  "| N | D | B | s / call | GB/s | % of read bw | compute roof | % of roof | sum / kernel | peak extra MB | torch path s / call | "
+                  "naive s / call | naive peak MB | rel. err vs naive (mean) |",
+                  "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for row in report["grid"]:
             if row["status"] != "ok":
                 extra = {k: v for k, v in row.items() if k not in ("n", "d", "status")}
-                lines.append(f"| {row['n']:,} | {row['d']} | - | {row['status']} {json.dumps(extra) if extra else ''} ||||||||")
+                lines.append(f"| {row['n']:,} | {row['d']} | - | {row['status']} {json.dumps(extra) if extra else ''} |||||||||||")
                 continue
             lines.append(f"| {row['n']:,} | {row['d']} | {row['b']} | {row['seconds']:.4f} | {row['bandwidth_gbs']:.2f} | "
-                         f"{100 * row['bandwidth_fraction']:.0f}% | {100 * row['pass_fraction']:.0f}% | {_fmt(row['peak_extra_mb'], '.1f')} | "
+                         f"{100 * row['bandwidth_fraction']:.0f}% | {100 * row['compute_roof_fraction']:.0f}% | {100 * row['roof_fraction']:.0f}% | "
+                         f"{100 * row['pass_fraction']:.0f}% | {_fmt(row['peak_extra_mb'], '.1f')} | {row['torch_path_seconds']:.4f} | "
                          f"{_fmt(row['naive_seconds'], '.4f')} | "
                          f"{_fmt(row.get('naive_peak_extra_mb'), '.0f')} | {_fmt(row.get('rel_err_vs_naive_mean'), '.1e')} |")
         lines.append("")
@@ -416,7 +432,8 @@ def run_benchmark(cfg: KernelBenchConfig, progress: bool = True) -> dict[str, An
     torch.set_num_threads(cfg.threads)
     read_bytes = max(1 << 20, int(cfg.read_gib * GIB))
     before = read_bandwidth(read_bytes)
-    report: dict[str, Any] = {"config": asdict(cfg), "threads": cfg.threads,
+    report: dict[str, Any] = {"config": asdict(cfg), "threads": cfg.threads, "matmul_peak_gmacs": matmul_peak() / 1e9,
+                              "backend": "fused (numba)" if cpu_kernel.available() else "torch",
                               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
                                          f"torch {torch.__version__}"}
     if "grid" in cfg.sections:
@@ -432,6 +449,10 @@ def run_benchmark(cfg: KernelBenchConfig, progress: bool = True) -> dict[str, An
     for row in [*report.get("grid", []), *report.get("storage", [])]:
         if "bandwidth_gbs" in row:
             row["bandwidth_fraction"] = row["bandwidth_gbs"] / best
+        if "b" in row and "bandwidth_gbs" in row:
+            compute_roof = report["matmul_peak_gmacs"] * 4 / (2 * row["b"])  # GB/s: 4 bytes per 2 B multiply-adds
+            row["compute_roof_fraction"] = compute_roof / best
+            row["roof_fraction"] = row["bandwidth_gbs"] / min(best, compute_roof)
     out = Path(cfg.out)
     write_atomic(out / "kernel.json", json.dumps(report, indent=1))
     write_atomic(out / "kernel.md", markdown(report))
