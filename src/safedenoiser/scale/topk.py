@@ -30,6 +30,9 @@ from ..kernels import Distance, KernelMoments, auto_chunk_size, batch_sigma, com
 from ..negation import NegationSet
 
 
+RETRIEVED_ROWS = 1 << 16  # retrieved items gathered at once (queries x k), bounding the (g, k, D) gather
+
+
 class TopKError(ValueError):
     """Bad top-k settings (k, tolerance, index specification) or an index that does not match its set."""
 
@@ -150,12 +153,13 @@ class TopKKernel:
         todo = torch.arange(batch)
         k = min(k, count)
         while todo.numel() and k < count:
-            idx = self.search(xs[todo], k)
-            for row, b in enumerate(todo.tolist()):
-                found = idx[row][idx[row] >= 0].cpu()
-                rows = self.negation.flat[found.to(self.negation.device)].to(device=device, dtype=dtype)
-                lm, mu, top, bound = _retrieved_moments(xs[b], rows, band[b], count, distance)
-                log_mass[b], mean[b], max_logit[b], rel[b], used[b] = lm, mu, top, bound, found.numel()
+            idx_all = self.search(xs[todo], k).to(self.negation.device)  # (b, k), -1 where fewer were found
+            for group in torch.arange(todo.numel()).split(max(1, RETRIEVED_ROWS // k)):
+                b, idx = todo[group], idx_all[group.to(idx_all.device)]
+                rows = self.negation.flat[idx.clamp_min(0)].to(device=device, dtype=dtype)  # (g, k, D)
+                lm, mu, top, bound = _retrieved_moments(xs[b], rows, (idx >= 0).to(device), band[b], count, distance)
+                log_mass[b], mean[b], max_logit[b], rel[b] = lm, mu, top, bound
+                used[b] = (idx >= 0).sum(1).cpu()
             done = (rel[todo] <= tolerance).cpu()
             todo = todo[~done]
             if k >= max_k:
@@ -171,13 +175,16 @@ class TopKKernel:
                            exact=exact, k=used, guaranteed=self.guaranteed)
 
 
-def _retrieved_moments(x: Tensor, rows: Tensor, band: Tensor, count: int, distance: Distance):
-    """log-mass, mean and max logit of the retrieved rows (k, D) at one query x (D,), and the bound
-    (N - k) exp(l_min) / sum exp(l) on the left-out mass (explicit differences: exact even for tiny bandwidths)."""
-    sq = (rows - x).square_().sum(1)
-    logits = -(sq if distance == "squared" else sq.sqrt()) / (2 * band * band)
-    log_mass = torch.logsumexp(logits, 0)
-    mean = torch.softmax(logits, 0) @ rows
-    left = count - rows.shape[0]
-    bound = torch.exp(math.log(left) + logits.min() - log_mass) if left else torch.zeros((), dtype=x.dtype)
-    return log_mass, mean, logits.max(), bound
+def _retrieved_moments(x: Tensor, rows: Tensor, found: Tensor, band: Tensor, count: int, distance: Distance):
+    """log-mass, mean and max logit (b,) of the retrieved rows (b, k, D) at queries x (b, D), where ``found``
+    (b, k) marks real retrievals, and the bound (N - k) exp(l_min) / sum exp(l) on the left-out mass
+    (explicit differences: exact even for tiny bandwidths; b x k x D is the retrieved set, not the whole set)."""
+    sq = (rows - x[:, None, :]).square_().sum(2)  # (b, k)
+    logits = -(sq if distance == "squared" else sq.sqrt()) / (2 * band * band)[:, None]
+    logits = logits.masked_fill(~found, -math.inf)
+    log_mass = torch.logsumexp(logits, 1)
+    mean = torch.einsum("bk,bkd->bd", torch.softmax(logits, 1), rows)
+    left = (count - found.sum(1)).to(x.dtype)
+    smallest = logits.masked_fill(~found, math.inf).amin(1)
+    bound = torch.where(left > 0, torch.exp(torch.log(left) + smallest - log_mass), torch.zeros_like(left))
+    return log_mass, mean, logits.amax(1), bound
