@@ -46,16 +46,25 @@ if numba is not None:
     _fast = {"contract", "reassoc", "arcp", "nsz", "afn"}  # no 'nnan' / 'ninf': the running max starts at -inf
     _jit = numba.njit(fastmath=_fast, nogil=True, cache=True, boundscheck=False, error_model="numpy")
 
+    _inline = numba.njit(nogil=True, cache=True, boundscheck=False, inline="always")
+
+    @_inline
+    def _four_rows(pts, row):
+        """Views of rows row ... row + 3."""
+        return pts[row], pts[row + 1], pts[row + 2], pts[row + 3]
+
+    @_inline
+    def _four_weights(w, query, col):
+        """w[query, col ... col + 3]."""
+        return w[query, col], w[query, col + 1], w[query, col + 2], w[query, col + 3]
+
     @_jit
     def _block_dots(x, pts, r0, n, out):
         """out[b, j] = x_b . p_{r0+j} for j < n: tiles of 4 rows x 2 queries (8 running sums)."""
         batch, dim = x.shape
         full = n - n % 4
         for j in range(0, full, 4):
-            p0 = pts[r0 + j]
-            p1 = pts[r0 + j + 1]
-            p2 = pts[r0 + j + 2]
-            p3 = pts[r0 + j + 3]
+            p0, p1, p2, p3 = _four_rows(pts, r0 + j)
             for g in range(0, batch - batch % 2, 2):
                 x0 = x[g]
                 x1 = x[g + 1]
@@ -104,17 +113,14 @@ if numba is not None:
             a2 = acc[g + 2]
             a3 = acc[g + 3]
             for j in range(0, full, 4):
-                w00, w01, w02, w03 = w[g, j], w[g, j + 1], w[g, j + 2], w[g, j + 3]
-                w10, w11, w12, w13 = w[g + 1, j], w[g + 1, j + 1], w[g + 1, j + 2], w[g + 1, j + 3]
-                w20, w21, w22, w23 = w[g + 2, j], w[g + 2, j + 1], w[g + 2, j + 2], w[g + 2, j + 3]
-                w30, w31, w32, w33 = w[g + 3, j], w[g + 3, j + 1], w[g + 3, j + 2], w[g + 3, j + 3]
+                w00, w01, w02, w03 = _four_weights(w, g, j)
+                w10, w11, w12, w13 = _four_weights(w, g + 1, j)
+                w20, w21, w22, w23 = _four_weights(w, g + 2, j)
+                w30, w31, w32, w33 = _four_weights(w, g + 3, j)
                 if (w00 + w01 + w02 + w03 + w10 + w11 + w12 + w13 + w20 + w21 + w22 + w23
                         + w30 + w31 + w32 + w33) == 0.0:
                     continue
-                p0 = pts[r0 + j]
-                p1 = pts[r0 + j + 1]
-                p2 = pts[r0 + j + 2]
-                p3 = pts[r0 + j + 3]
+                p0, p1, p2, p3 = _four_rows(pts, r0 + j)
                 for d in range(dim):
                     u0 = p0[d]
                     u1 = p1[d]
@@ -136,13 +142,10 @@ if numba is not None:
         for g in range(batch - batch % 4, batch):
             a0 = acc[g]
             for j in range(0, full, 4):
-                w0, w1, w2, w3 = w[g, j], w[g, j + 1], w[g, j + 2], w[g, j + 3]
+                w0, w1, w2, w3 = _four_weights(w, g, j)
                 if w0 + w1 + w2 + w3 == 0.0:
                     continue
-                p0 = pts[r0 + j]
-                p1 = pts[r0 + j + 1]
-                p2 = pts[r0 + j + 2]
-                p3 = pts[r0 + j + 3]
+                p0, p1, p2, p3 = _four_rows(pts, r0 + j)
                 for d in range(dim):
                     a0[d] += w0 * p0[d] + w1 * p1[d] + w2 * p2[d] + w3 * p3[d]
             for j in range(full, n):
