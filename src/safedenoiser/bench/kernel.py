@@ -51,6 +51,7 @@ class KernelBenchConfig:
     disk: bool = False
     topk_size: int = 1_000_000
     topk_k: int = 256
+    topk_index: str = "ivf"
     topk_sigmas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
     tolerance: float = 1e-3
     e2e_steps: int = 18
@@ -296,7 +297,7 @@ def topk_section(cfg: KernelBenchConfig, progress: bool) -> dict[str, Any]:
     negation = NegationSet(points, space="pixels", source="augmented fashion-mnist train")
     negation.sq_norms  # noqa: B018 - cache the norms outside the timings
     start = time.perf_counter()
-    topk = TopKKernel(negation, "ivf", nprobe=16, seed=cfg.seed, progress=progress)
+    topk = TopKKernel(negation, cfg.topk_index, nprobe=16, seed=cfg.seed, progress=progress)
     build = time.perf_counter() - start
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     rows = []
@@ -490,6 +491,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--disk", action="store_true", help="run cells above --max-ram-gb on a float16 file in --scratch")
     parser.add_argument("--topk-size", type=int, default=defaults.topk_size)
     parser.add_argument("--k", type=int, default=defaults.topk_k)
+    parser.add_argument("--topk-index", default=defaults.topk_index, help="TopKKernel index: ivf, exact or a faiss factory string")
     parser.add_argument("--tolerance", type=float, default=defaults.tolerance, help="top-k bound on left-out / retrieved mass")
     parser.add_argument("--out", default=defaults.out)
     parser.add_argument("--scratch", default=defaults.scratch, help="folder for the disk cells' temporary files")
@@ -501,7 +503,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _main(args: argparse.Namespace) -> int:
     values = dict(sizes=tuple(args.sizes), dims=tuple(args.dims), batches=tuple(args.batches), sections=tuple(args.sections),
                   repeats=args.repeats, threads=args.threads, max_ram_gb=args.max_ram_gb, naive_gb=args.naive_gb,
-                  disk=args.disk, topk_size=args.topk_size, topk_k=args.k, tolerance=args.tolerance, out=args.out,
+                  disk=args.disk, topk_size=args.topk_size, topk_k=args.k, topk_index=args.topk_index, tolerance=args.tolerance, out=args.out,
                   scratch=args.scratch, read_gib=args.read_gib)
     if args.quick:
         values.update(QUICK)

@@ -1,7 +1,7 @@
 """Kernel moments from the k nearest negation items only, with the left-out kernel mass bounded and reported.
 
 Retrieval uses faiss (Johnson, Douze, Jegou 2017, "Billion-scale similarity search with GPUs"): an IVF index
-(``"IVF{nlist},Flat"``, or any faiss factory string) for speed, or ``"exact"`` (the streamed exact search of
+(``"IVF{nlist},SQ8"``, or any faiss factory string) for speed, or ``"exact"`` (the streamed exact search of
 :func:`safedenoiser.kernels.nearest_neighbours`, no faiss) when a guaranteed bound matters more than speed.
 
 Bound (Gaussian or plain-distance kernel, logits decrease with distance): if the retrieved set R holds the
@@ -66,7 +66,9 @@ class TopKKernel:
     """Kernel moments of a :class:`NegationSet` restricted to each query's k nearest items.
 
     ``index``: ``"exact"`` (streamed exact k-NN, rigorous bound, one pass over the set), ``"ivf"`` (faiss
-    ``IVF{nlist},Flat`` with ``nlist`` ~ sqrt(N) lists, ``nprobe`` probed), or any faiss factory string.
+    ``IVF{nlist},SQ8`` with ``nlist`` ~ sqrt(N) lists, ``nprobe`` probed: vectors stored as 8-bit codes, a quarter
+    of the bytes to scan and to hold; only retrieval uses them, the kernel is recomputed from the set), or any
+    faiss factory string (``"IVF{nlist},Flat"`` keeps float32 vectors).
     The index is trained on ``train_size`` random items and filled chunk by chunk (the set may be
     memory-mapped; faiss keeps its own copy of the vectors in the index's format).
     """
@@ -85,7 +87,7 @@ class TopKKernel:
         faiss = _faiss()
         count, dim = len(negation), negation.dim
         nlist = nlist or max(1, min(count // 39, int(round(math.sqrt(count)))))
-        spec = f"IVF{nlist},Flat" if index == "ivf" else index
+        spec = f"IVF{nlist},SQ8" if index == "ivf" else index
         try:
             self.index = faiss.index_factory(dim, spec, faiss.METRIC_L2)
         except RuntimeError as err:
