@@ -27,6 +27,7 @@ Distance = Literal["squared", "euclidean"]
 Backend = Literal["auto", "torch", "fused"]
 DEFAULT_CHUNK = 4096
 CPU_CHUNK_BYTES = 2 << 20
+FUSED_MIN_WORK = 1 << 20  # B x N x D below which "auto" keeps the torch path (its call overhead is lower)
 ACCELERATOR_CHUNK_BYTES = 64 << 20
 
 
@@ -115,7 +116,8 @@ def kernel_moments(
     ``backend``: ``"fused"`` is the one-pass compiled CPU loop of :mod:`safedenoiser.cpu_kernel` (float32
     accumulation, CPU queries and points, ``threads`` shards, default ``torch.get_num_threads()``);
     ``"torch"`` the chunked torch formulation (any device, float64); ``"auto"`` picks the fused loop whenever
-    it applies and numba is installed.
+    it applies, numba is installed and B x N x D >= ``FUSED_MIN_WORK`` (below, both take well under a millisecond
+    and the torch path has the lower call overhead).
     """
     if x.ndim != 2 or points.ndim != 2 or x.shape[1] != points.shape[1]:
         raise ValueError(f"kernel_moments needs x (B, D) and points (N, D); got {tuple(x.shape)} and {tuple(points.shape)}")
@@ -146,7 +148,7 @@ def kernel_moments(
     if backend == "fused" and not fused_applies:
         raise ValueError("the fused kernel needs numba, float32 accumulation and CPU queries and points; "
                          f"got dtype {dtype}, devices {device} / {points.device}, numba {'yes' if cpu_kernel.available() else 'missing'}")
-    if backend == "fused" or (backend == "auto" and fused_applies):
+    if backend == "fused" or (backend == "auto" and fused_applies and batch * count * dim >= FUSED_MIN_WORK):
         run_max, run_sum, acc = cpu_kernel.fused_moments(
             xs, points, inv_band_sq, point_sq_norms, euclidean=not squared, with_mean=with_mean,
             chunk_size=chunk_size, threads=threads or torch.get_num_threads())

@@ -37,6 +37,7 @@ from ..results import write_atomic
 from . import bench_subparsers
 
 GIB = 1 << 30
+BACKEND = "fused" if cpu_kernel.available() else "torch"  # the grid and storage cells time this one in every cell
 
 
 @dataclass
@@ -178,7 +179,7 @@ def grid_section(cfg: KernelBenchConfig, bandwidth_gbs: float, progress: bool) -
                 gen = torch.Generator().manual_seed(cfg.seed + 1)
                 x = points[torch.randint(0, count, (batch,), generator=gen)] + torch.randn(batch, dim, generator=gen)
                 bandwidth = math.sqrt(dim) * 0.5
-                call = lambda: kernel_moments(x, points, bandwidth, point_sq_norms=sq)  # noqa: E731
+                call = lambda: kernel_moments(x, points, bandwidth, point_sq_norms=sq, backend=BACKEND)  # noqa: E731
                 median, sum_median = timed_against(call, lambda: points.sum(), cfg.repeats)
                 moments, peak = peak_extra_memory(call)
                 torch_path, _ = timed(lambda: kernel_moments(x, points, bandwidth, point_sq_norms=sq, backend="torch"),
@@ -230,7 +231,7 @@ def _disk_cell(cfg: KernelBenchConfig, count: int, dim: int, bandwidth_gbs: floa
         for batch in cfg.batches:
             x = torch.randn(batch, dim, generator=gen)
             begin = time.perf_counter()
-            moments, peak = peak_extra_memory(lambda: kernel_moments(x, data, math.sqrt(dim) * 0.5))
+            moments, peak = peak_extra_memory(lambda: kernel_moments(x, data, math.sqrt(dim) * 0.5, backend=BACKEND))
             seconds = time.perf_counter() - begin
             row[f"b{batch}_seconds"] = seconds
             row[f"b{batch}_bandwidth_gbs"] = nbytes / seconds / 1e9
@@ -257,7 +258,7 @@ def storage_section(cfg: KernelBenchConfig, bandwidth_gbs: float) -> list[dict[s
     for dtype in (torch.float32, torch.float16, torch.bfloat16):
         points = base if dtype == torch.float32 else base.to(dtype)
         sq = squared_norms(points)
-        call = lambda: kernel_moments(x, points, bandwidth, point_sq_norms=sq)  # noqa: E731
+        call = lambda: kernel_moments(x, points, bandwidth, point_sq_norms=sq, backend=BACKEND)  # noqa: E731
         median, sum_median = timed_against(call, lambda: base.sum(), cfg.repeats)
         moments, peak = peak_extra_memory(call)
         reference = reference or moments
@@ -449,7 +450,7 @@ def run_benchmark(cfg: KernelBenchConfig, progress: bool = True) -> dict[str, An
     read_bytes = max(1 << 20, int(cfg.read_gib * GIB))
     before = read_bandwidth(read_bytes)
     report: dict[str, Any] = {"config": asdict(cfg), "threads": cfg.threads, "matmul_peak_gmacs": matmul_peak() / 1e9,
-                              "backend": "fused (numba)" if cpu_kernel.available() else "torch",
+                              "backend": BACKEND,
                               "machine": f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch thread(s), "
                                          f"torch {torch.__version__}"}
     if "grid" in cfg.sections:
