@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .kernels import KernelMoments, combine_moments
+
 try:
     import numba
 except ImportError:  # pragma: no cover - numba is a declared dependency; the torch path still works without it
@@ -219,58 +221,49 @@ def _numpy_view(tensor: Tensor) -> np.ndarray:
 
 def fused_moments(
     x: Tensor,
+    x_sq: Tensor,
     points: Tensor,
+    point_sq_norms: Tensor,
     inv_band_sq: Tensor,
-    point_sq_norms: Tensor | None,
     *,
     euclidean: bool,
     with_mean: bool,
     chunk_size: int,
     threads: int,
-) -> tuple[Tensor, Tensor, Tensor | None]:
-    """Unnormalised streamed moments of CPU float32 queries (B, D) against points (N, D) stored in any float
-    dtype, returned as float64 ``(run_max (B,), run_sum (B,), acc (B, D) or None)`` with
-    ``log_mass = run_max + log run_sum`` and ``mean = acc / run_sum`` (squared distance: run_max without the
-    row constant ``-|x|^2 / (2 sigma^2)``). float32 points are read in place (memory-mapped files included);
-    other dtypes are converted ``chunk_size`` rows at a time into one float32 buffer per thread.
+) -> KernelMoments:
+    """Streamed moments (float64) of CPU float32 queries ``x`` (B, D) with squared norms ``x_sq`` (B,) against
+    ``points`` (N, D) stored in any float dtype with squared norms ``point_sq_norms`` (N,); for the squared
+    distance, ``log_mass`` and ``max_logit`` leave out the row constant ``-|x|^2 / (2 sigma^2)``. float32 points
+    are read in place (memory-mapped files included); other dtypes are converted ``chunk_size`` rows at a time
+    into one float32 buffer per thread. Shards are merged by :func:`~safedenoiser.kernels.combine_moments`.
     """
     batch, dim = x.shape
     count = points.shape[0]
-    xs = _numpy_view(x)
-    x_sq = (xs.astype(np.float64) ** 2).sum(1).astype(np.float32)
-    inv = _numpy_view(inv_band_sq)
-    if point_sq_norms is None:
-        from .kernels import squared_norms
-
-        point_sq_norms = squared_norms(points, torch.float32, chunk_size)
+    xs, xs_sq, inv = _numpy_view(x), _numpy_view(x_sq), _numpy_view(inv_band_sq)
     sq = _numpy_view(point_sq_norms.to(torch.float32))
     rows = block_rows(dim)
     in_place = points.dtype == torch.float32 and points.is_contiguous()
     flat = _numpy_view(points) if in_place else None
     threads = max(1, min(threads, count * dim // MIN_FLOATS_PER_THREAD, count))
     bounds = [count * shard // threads for shard in range(threads + 1)]
-    states = [(np.zeros((batch, dim)), np.full(batch, -np.inf), np.zeros(batch)) for _ in range(threads)]
 
-    def run(shard: int) -> None:
-        acc, run_max, run_sum = states[shard]
+    def run(shard: int) -> KernelMoments:
+        acc, run_max, run_sum = np.zeros((batch, dim)), np.full(batch, -np.inf), np.zeros(batch)
         start, stop = bounds[shard], bounds[shard + 1]
         if flat is not None:
-            _shard(xs, x_sq, inv, flat, sq, start, stop, rows, euclidean, with_mean, acc, run_max, run_sum)
-            return
-        buffer = torch.empty(min(chunk_size, stop - start), dim, dtype=torch.float32)
-        view = buffer.numpy()
-        for c0 in range(start, stop, chunk_size):
-            c1 = min(stop, c0 + chunk_size)
-            buffer[: c1 - c0].copy_(points[c0:c1])
-            _shard(xs, x_sq, inv, view, sq[c0:c1], 0, c1 - c0, rows, euclidean, with_mean, acc, run_max, run_sum)
+            _shard(xs, xs_sq, inv, flat, sq, start, stop, rows, euclidean, with_mean, acc, run_max, run_sum)
+        else:
+            buffer = torch.empty(min(chunk_size, stop - start), dim, dtype=torch.float32)
+            view = buffer.numpy()
+            for c0 in range(start, stop, chunk_size):
+                c1 = min(stop, c0 + chunk_size)
+                buffer[: c1 - c0].copy_(points[c0:c1])
+                _shard(xs, xs_sq, inv, view, sq[c0:c1], 0, c1 - c0, rows, euclidean, with_mean, acc, run_max, run_sum)
+        log_mass = torch.from_numpy(run_max + np.log(run_sum))
+        mean = torch.from_numpy(acc / run_sum[:, None]) if with_mean else None
+        return KernelMoments(log_mass=log_mass, mean=mean, max_logit=torch.from_numpy(run_max))
 
     if threads == 1:
-        run(0)
-    else:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(run, range(threads)))
-    run_max = np.max([s[1] for s in states], axis=0)
-    scales = [np.exp(s[1] - run_max) for s in states]
-    run_sum = sum(scale * s[2] for scale, s in zip(scales, states))
-    acc = sum(scale[:, None] * s[0] for scale, s in zip(scales, states)) if with_mean else None
-    return torch.from_numpy(run_max), torch.from_numpy(run_sum), None if acc is None else torch.from_numpy(acc)
+        return run(0)
+    with ThreadPoolExecutor(threads) as pool:
+        return combine_moments(list(pool.map(run, range(threads))))

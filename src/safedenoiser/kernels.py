@@ -21,8 +21,6 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from . import cpu_kernel
-
 Distance = Literal["squared", "euclidean"]
 Backend = Literal["auto", "torch", "fused"]
 DEFAULT_CHUNK = 4096
@@ -137,6 +135,8 @@ def kernel_moments(
     chunk_size = chunk_size or auto_chunk_size(dim, dtype, device)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    from . import cpu_kernel  # imported here: cpu_kernel builds on this module's KernelMoments and combine_moments
+
     if backend not in ("auto", "torch", "fused"):
         raise ValueError(f"unknown kernel backend {backend!r}; expected 'auto', 'torch' or 'fused'")
     xs = x.to(dtype)
@@ -149,13 +149,13 @@ def kernel_moments(
         raise ValueError("the fused kernel needs numba, float32 accumulation and CPU queries and points; "
                          f"got dtype {dtype}, devices {device} / {points.device}, numba {'yes' if cpu_kernel.available() else 'missing'}")
     if backend == "fused" or (backend == "auto" and fused_applies and batch * count * dim >= FUSED_MIN_WORK):
-        run_max, run_sum, acc = cpu_kernel.fused_moments(
-            xs, points, inv_band_sq, point_sq_norms, euclidean=not squared, with_mean=with_mean,
-            chunk_size=chunk_size, threads=threads or torch.get_num_threads())
-        if squared:
-            run_max = run_max - 0.5 * (x_sq * inv_band_sq).double()
-        mean = (acc / run_sum[:, None]).to(dtype) if acc is not None else None
-        return KernelMoments(log_mass=(run_max + torch.log(run_sum)).to(dtype), mean=mean, max_logit=run_max.to(dtype))
+        if point_sq_norms is None:
+            point_sq_norms = squared_norms(points, dtype, chunk_size)
+        moments = cpu_kernel.fused_moments(xs, x_sq, points, point_sq_norms, inv_band_sq, euclidean=not squared,
+                                           with_mean=with_mean, chunk_size=chunk_size, threads=threads or torch.get_num_threads())
+        shift = -0.5 * (x_sq * inv_band_sq).double() if squared else 0.0  # the row constant
+        return KernelMoments(log_mass=(moments.log_mass + shift).to(dtype), max_logit=(moments.max_logit + shift).to(dtype),
+                             mean=None if moments.mean is None else moments.mean.to(dtype))
     buffer = None
     if points.dtype != dtype or points.device != device:
         buffer = torch.empty(min(chunk_size, count), dim, dtype=dtype, device=device)

@@ -159,9 +159,10 @@ class TopKKernel:
             for group in torch.arange(todo.numel()).split(max(1, RETRIEVED_ROWS // k)):
                 b, idx = todo[group], idx_all[group.to(idx_all.device)]
                 rows = self.negation.flat[idx.clamp_min(0)].to(device=device, dtype=dtype)  # (g, k, D)
-                lm, mu, top, bound = _retrieved_moments(xs[b], rows, (idx >= 0).to(device), band[b], count, distance)
+                found = idx >= 0
+                lm, mu, top, bound = _retrieved_moments(xs[b], rows, found.to(device), band[b], count, distance)
                 log_mass[b], mean[b], max_logit[b], rel[b] = lm, mu, top, bound
-                used[b] = (idx >= 0).sum(1).cpu()
+                used[b] = found.sum(1).cpu()
             done = (rel[todo] <= tolerance).cpu()
             todo = todo[~done]
             if k >= max_k:
