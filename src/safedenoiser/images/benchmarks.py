@@ -302,12 +302,20 @@ def _class_measure(evaluator: Evaluator, unsafe_label: int, reference,
 
 
 # -- the three benchmarks ------------------------------------------------------------------------------------
-def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NEGATED_CLASS) -> dict[str, Any]:
+def _class_benchmark_setup(model_key: str, model_name: str, negated: str, size: Size):
+    """What both class-negation benchmarks start from: the judge, the model, the negated class's index, its
+    training images as the negation set, and the held-out reference images of the other classes."""
     evaluator = load_judge()
-    model = load_checkpoint(require(MODELS["uncond"], "the unconditional Fashion-MNIST model"))
+    model = load_checkpoint(require(MODELS[model_key], model_name))
     label = class_index(negated, FASHION_CLASSES)
     negation = NegationSet(class_negation_images(negated, size.negation), space="pixels", source=f"fashion-mnist train {negated}")
     reference = class_reference(evaluator, negated, max(size.samples, 64))
+    return evaluator, model, label, negation, reference
+
+
+def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NEGATED_CLASS) -> dict[str, Any]:
+    evaluator, model, label, negation, reference = _class_benchmark_setup("uncond", "the unconditional Fashion-MNIST model",
+                                                                          negated, size)
     sigmas = edm_sigmas(size.steps)
     seeds = list(range(size.samples))
     bench = Benchmark("uncond", seeds, size.steps, _class_measure(evaluator, label, reference), progress=progress)
@@ -345,11 +353,8 @@ def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NE
 def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGATED_CLASS, guidance: float = 2.0) -> dict[str, Any]:
     if size.sweeps is SWEEPS:
         size = Size(size.samples, size.steps, size.bank, size.negation, COND_SWEEPS)
-    evaluator = load_judge()
-    model = load_checkpoint(require(MODELS["cond"], "the class-conditional Fashion-MNIST model"))
-    label = class_index(negated, FASHION_CLASSES)
-    negation = NegationSet(class_negation_images(negated, size.negation), space="pixels", source=f"fashion-mnist train {negated}")
-    reference = class_reference(evaluator, negated, max(size.samples, 64))
+    evaluator, model, label, negation, reference = _class_benchmark_setup("cond", "the class-conditional Fashion-MNIST model",
+                                                                          negated, size)
     sigmas = edm_sigmas(size.steps)
     classes = model.num_classes
     seeds = list(range(size.samples))
