@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Literal, Sequence
@@ -25,11 +26,22 @@ class ImageBatch:
 
 
 def list_images(folder: str | Path) -> list[Path]:
-    """Image files (by suffix) under ``folder``, recursively, in sorted order."""
+    """Image files (by suffix) under ``folder``, recursively, in sorted order. Symlinked files and folders are
+    followed (each real folder is visited once, so a link cycle cannot loop)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not os.access(folder, os.R_OK | os.X_OK):
+        raise PermissionError(f"image folder is not readable: {folder}")
+    files, seen = [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files += [Path(root) / n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES and (Path(root) / n).is_file()]
+    files.sort()
     if not files:
         raise ImageReadError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
     return files

@@ -47,12 +47,27 @@ def compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
     return torch.float64 if torch.float64 in dtypes else torch.float32
 
 
+def min_bandwidth(dtype: torch.dtype) -> float:
+    """Smallest noise level / bandwidth accepted in ``dtype``: tiny^(1/4) (3.3e-10 in float32, 1.2e-77 in float64),
+    so that 1 / sigma^2 <= 1 / sqrt(tiny) and the kernel logits stay far from overflow (below it they become
+    inf - inf = NaN)."""
+    return torch.finfo(dtype).tiny ** 0.25
+
+
 def batch_sigma(sigma: Tensor | float, batch: int, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """Broadcast a scalar or (B,) noise level to a (B,) tensor; positive and finite is checked for Python
-    numbers and CPU tensors (a check on an accelerator would synchronise the sampling loop)."""
-    sigma = torch.as_tensor(sigma, dtype=dtype).reshape(-1)
+    """Broadcast a scalar or (B,) noise level to a (B,) tensor; finite and >= :func:`min_bandwidth` is checked for
+    Python numbers and CPU tensors (a check on an accelerator would synchronise the sampling loop)."""
+    if isinstance(sigma, Tensor) and (sigma.is_complex() or sigma.dtype == torch.bool):
+        raise ValueError(f"noise level / bandwidth must be real, got dtype {sigma.dtype}")
+    try:
+        sigma = torch.as_tensor(sigma, dtype=dtype).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"noise level / bandwidth must be a number or a tensor, got {type(sigma).__name__}") from err
     if sigma.device.type == "cpu" and not bool(((sigma > 0) & torch.isfinite(sigma)).all()):
         raise ValueError(f"noise level / bandwidth must be positive and finite, got {sigma.tolist()[:4]}")
+    if sigma.device.type == "cpu" and sigma.numel() and not bool((sigma >= min_bandwidth(dtype)).all()):
+        raise ValueError(f"noise level / bandwidth {sigma.min().item():.3g} is below {min_bandwidth(dtype):.3g}, the smallest "
+                         f"that {dtype} kernels represent (1/sigma^2 would overflow)")
     sigma = sigma.to(device)
     if sigma.numel() == 1:
         sigma = sigma.expand(batch)

@@ -5,14 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
+from . import fileio
 from .kernels import DEFAULT_CHUNK, KernelMoments, compute_dtype, kernel_moments, squared_norms
 
 FORMAT_VERSION = "1"
@@ -54,6 +55,8 @@ class NegationSet:
             raise NegationSetError(f"negation data must have shape (N, *item_shape), got {tuple(data.shape)}")
         if data.shape[0] == 0:
             raise NegationSetError("negation set is empty: it needs at least one item")
+        if data[0].numel() == 0:
+            raise NegationSetError(f"negation items are empty: shape {tuple(data.shape)} has a zero-sized item dimension")
         if not data.is_floating_point():
             raise NegationSetError(f"negation data must be floating point, got {data.dtype}")
         if validate and not _all_finite(data):
@@ -146,10 +149,7 @@ class NegationSet:
     def save(self, path: str | Path) -> None:
         """Write a safetensors file (tensor ``data``) with space, source, hash and metadata in its header."""
         header = file_header(self.content_hash, space=self.space, source=self.source, metadata=self.metadata)
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"data": self.data.detach().contiguous().cpu()}, str(tmp), metadata=header)
-        tmp.replace(path)
+        fileio.save_safetensors({"data": self.data.detach().cpu()}, path, metadata=header)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu", verify: bool = True, mmap: bool = False,
@@ -166,6 +166,8 @@ class NegationSet:
             return cls.open(path, verify=verify, **options)
         if not path.is_file():
             raise NegationSetError(f"negation set file not found: {path}")
+        if not os.access(path, os.R_OK):
+            raise NegationSetError(f"negation set file is not readable (permission denied): {path}")
         try:
             with safe_open(str(path), framework="pt", device=str(device)) as handle:
                 header = handle.metadata() or {}

@@ -497,19 +497,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default=defaults.out)
     parser.add_argument("--scratch", default=defaults.scratch, help="folder for the disk cells' temporary files")
     parser.add_argument("--read-gib", type=float, default=defaults.read_gib, help="buffer for the read-bandwidth measurement")
-    parser.add_argument("--quick", action="store_true", help="CI-sized run")
-    parser.set_defaults(run=_main)
+    parser.add_argument("--quick", action="store_true", help="CI-sized run (explicit flags still win)")
+    explicit = ("sizes", "dims", "batches", "sections", "repeats", "threads", "max_ram_gb", "naive_gb", "topk_size", "k",
+                "topk_index", "tolerance", "out", "scratch", "read_gib")
+    parser.set_defaults(run=_main, **{name: None for name in explicit})  # None: not given, so --quick may set it
 
 
 def _main(args: argparse.Namespace) -> int:
-    values = dict(sizes=tuple(args.sizes), dims=tuple(args.dims), batches=tuple(args.batches), sections=tuple(args.sections),
-                  repeats=args.repeats, threads=args.threads, max_ram_gb=args.max_ram_gb, naive_gb=args.naive_gb,
-                  disk=args.disk, topk_size=args.topk_size, topk_k=args.k, topk_index=args.topk_index, tolerance=args.tolerance, out=args.out,
-                  scratch=args.scratch, read_gib=args.read_gib)
+    values = {k: v for k, v in asdict(KernelBenchConfig()).items() if k != "extra"}
     if args.quick:
         values.update(QUICK)
-    if any(v < 1 for v in (*values["sizes"], *values["dims"], *values["batches"], values["repeats"], values["threads"])):
-        raise ValueError("sizes, dims, batches, repeats and threads must be >= 1")
+    given = dict(sizes=args.sizes, dims=args.dims, batches=args.batches, sections=args.sections, repeats=args.repeats,
+                 threads=args.threads, max_ram_gb=args.max_ram_gb, naive_gb=args.naive_gb, topk_size=args.topk_size,
+                 topk_k=args.k, topk_index=args.topk_index, tolerance=args.tolerance, out=args.out, scratch=args.scratch,
+                 read_gib=args.read_gib)
+    values.update({k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None})
+    values["disk"] = args.disk
+    for name in ("sizes", "dims", "batches", "repeats", "threads", "topk_size", "topk_k"):
+        if any(v < 1 for v in (values[name] if isinstance(values[name], tuple) else (values[name],))):
+            raise ValueError(f"--{name.replace('_', '-').replace('topk-k', 'k')} must be >= 1, got {values[name]}")
+    for name in ("max_ram_gb", "naive_gb", "tolerance", "read_gib"):
+        if not (math.isfinite(values[name]) and values[name] > 0):
+            raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {values[name]}")
+    args.out = values["out"]
     report = run_benchmark(KernelBenchConfig(**values))
     print(markdown(report))
     print(f"written: {Path(args.out) / 'kernel.md'}, {Path(args.out) / 'kernel.json'}")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 
+from .. import fileio
 from .common import ASSETS
 from .data import FASHION_CLASSES, DataError, class_index, fashion_mnist_available, load_fashion_mnist
 from .evaluator import Evaluator, FeatureStats, calibrate_copy_threshold
@@ -25,6 +25,7 @@ MODELS = {"uncond": ASSETS / "fashion_uncond.safetensors", "cond": ASSETS / "fas
 NEGATED_CLASS = "trouser"
 SHIPPED_NEGATION = 500
 SHIPPED_REFERENCE = 1000
+MEMORISED_KEYS = ("memorised", "memorised_index", "memorised_copy_threshold")
 
 
 def _to_uint8(images: Tensor) -> Tensor:
@@ -116,9 +117,31 @@ def memorised_copy_threshold(subset_index: list[int], quantile: float = 0.01) ->
     return float(data["memorised_copy_threshold"])
 
 
+def shipped_files() -> list[Path]:
+    """The package's shipped asset files (never written unless a command is told so explicitly)."""
+    return [EVAL_ASSET, JUDGE_ASSET, *MODELS.values()]
+
+
+def memorise_subset(checkpoint: str | Path) -> list[int]:
+    """The training-subset indices stored in a subset (memorising) checkpoint's header."""
+    from .network import CheckpointError, checkpoint_info
+
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise FileNotFoundError(f"--memorise-checkpoint not found: {path}")
+    try:
+        subset = checkpoint_info(path).get("subset_index")
+    except Exception as err:  # safetensors / JSON errors of a corrupt or foreign file
+        raise CheckpointError(f"cannot read the memorise checkpoint {path}: {err}") from err
+    if not subset or not isinstance(subset, list):
+        raise CheckpointError(f"{path} was not trained on a subset (no subset_index in its header)")
+    return subset
+
+
 def build_eval_assets(evaluator: Evaluator, path: Path = EVAL_ASSET, subset_index: list[int] | None = None) -> Path:
     """Write negation images, reference images and FD statistics of the reference classes (needs Fashion-MNIST),
-    and the memorised training images of a subset model."""
+    and the memorised training images of a subset model (without ``subset_index``, those of the file being
+    replaced are kept)."""
     negation = class_negation_images(NEGATED_CLASS, SHIPPED_NEGATION)
     ref = class_reference(evaluator, NEGATED_CLASS, SHIPPED_REFERENCE)
     tensors = {"negation": _to_uint8(negation), "reference": _to_uint8(ref.images), "ref_mean": ref.stats.mean,
@@ -127,9 +150,10 @@ def build_eval_assets(evaluator: Evaluator, path: Path = EVAL_ASSET, subset_inde
         tensors["memorised"] = _to_uint8(memorised_images(subset_index))
         tensors["memorised_index"] = torch.tensor(subset_index, dtype=torch.long)
         tensors["memorised_copy_threshold"] = torch.tensor(memorised_copy_threshold(subset_index), dtype=torch.float64)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
-              metadata={"negated_class": NEGATED_CLASS, "negation": f"first {SHIPPED_NEGATION} training images of the class",
-                        "reference": "Fashion-MNIST test images of the other classes"})
-    tmp.replace(path)
+    elif Path(path).is_file():
+        with safe_open(str(path), framework="pt") as handle:
+            tensors.update({k: handle.get_tensor(k) for k in MEMORISED_KEYS if k in handle.keys()})
+    fileio.save_safetensors(tensors, path, metadata={
+        "negated_class": NEGATED_CLASS, "negation": f"first {SHIPPED_NEGATION} training images of the class",
+        "reference": "Fashion-MNIST test images of the other classes"})
     return path

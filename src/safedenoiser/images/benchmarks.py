@@ -18,8 +18,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..methods import (Calibration, CorrectedDenoiser, Correction, NegativeGuidance, SparseRepellency, Window,
-                       make_correction)
+from ..methods import (Calibration, CorrectedDenoiser, Correction, NegativeGuidance, ReferenceSet, SparseRepellency,
+                       Window, make_correction)
+from ..methods.conditional import SafeClassifierFreeGuidance
 from ..negation import NegationSet
 from ..sampling import rejection_sample
 from .assets import (MODELS, NEGATED_CLASS, class_negation_images, class_reference, load_judge,
@@ -33,6 +34,7 @@ from .network import ClassifierFreeGuidance, load_checkpoint
 BANK_SEED = 1_000_000
 PAPER_WINDOW = (0.0, 0.22)  # the paper's critical window t in [780, 1000] of 1000 DDPM steps
 HALF_WINDOW = (0.0, 0.5)  # the first (high-noise) half of the steps: where bank substitution acts
+REFERENCE_PER_CLASS = 100  # the conditional mode's shared reference set: real training images of each allowed class
 
 
 @dataclass
@@ -54,7 +56,7 @@ SWEEPS = {
     "negative": [0.5, 1.0, 2.0],
     "negative-class": [2.0],
 }
-COND_SWEEPS = {**SWEEPS, "paper": [1e300], "reference": [1.0], "calibrated": [1.0, 2.0], "calibrated-window": [1.0], "substitution": [1.0, 4.0],
+COND_SWEEPS = {**SWEEPS, "conditional": [1.0, 10.0, 100.0], "paper": [1e300], "reference": [1.0], "calibrated": [1.0, 2.0], "calibrated-window": [1.0], "substitution": [1.0, 4.0],
                "spell": [0.05, 0.1], "negative-class": [1.5, 2.0, 3.0]}
 SIZES = {
     "default": Size(samples=256, steps=8, bank=512, negation=500, sweeps=SWEEPS),
@@ -385,6 +387,10 @@ def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGA
     settings = method_settings(base, negation, size, plain, calibrated, sigmas)[1:]
     for setting in settings:
         setting.cost = 2.0
+    reference = conditional_reference(label, classes)
+    for gain in size.sweeps.get("conditional", [1.0]):
+        settings.append(Setting("conditional", "gain", gain, lambda g=gain: SafeClassifierFreeGuidance(
+            model, make_correction(negation, "conditional", reference=reference, gain=g), guidance), cost=2.0))
     for weight in size.sweeps["negative-class"]:
         settings.append(Setting("negative-class", "guidance", weight, lambda w=weight:
                                 ClassifierFreeGuidance(model, w, negative_labels=label), cost=2.0))
@@ -404,6 +410,12 @@ def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGA
              f"branch of CFG by the '{negated}' class (knob: guidance weight).")
     return write_report(out, "cond", f"Class-conditional Fashion-MNIST (CFG {guidance}), negating '{negated}'", rows,
                         bench, 0.01, f"'{negated}' rate", config, extra_cols=("class_accuracy",), notes=notes)
+
+
+def conditional_reference(negated_label: int, classes: int, per_class: int = REFERENCE_PER_CLASS) -> ReferenceSet:
+    """The conditional mode's one reference set: ``per_class`` training images of every class but the negated one."""
+    images = torch.cat([class_negation_images(FASHION_CLASSES[c], per_class) for c in range(classes) if c != negated_label])
+    return ReferenceSet(images, space="pixels", source=f"fashion-mnist train, {per_class} per allowed class")
 
 
 def bench_memorisation(out: Path, size: Size, progress: bool = True, negated_count: int = 4) -> dict[str, Any]:
@@ -465,6 +477,7 @@ BENCHMARKS = {"uncond": bench_uncond, "cond": bench_cond, "memorisation": bench_
 
 
 def register(subparsers) -> None:
+    from ..argtypes import positive_int
     from ..bench import bench_subparsers
 
     p = bench_subparsers(subparsers).add_parser("images", help="image benchmarks: uncond, cond, memorisation",
@@ -472,17 +485,19 @@ def register(subparsers) -> None:
     p.add_argument("which", choices=[*BENCHMARKS, "all"])
     p.add_argument("--quick", action="store_true", help="smoke-test size (< 1 minute)")
     p.add_argument("--out", default="results/images", help="results folder (one sub-folder per benchmark)")
-    p.add_argument("--samples", type=int, help="override the number of samples")
-    p.add_argument("--steps", type=int, help="override the number of Heun steps")
-    p.add_argument("--bank", type=int, help="override the calibration bank size")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--samples", type=positive_int, help="override the number of samples")
+    p.add_argument("--steps", type=positive_int, help="override the number of Heun steps")
+    p.add_argument("--bank", type=positive_int, help="override the calibration bank size")
+    p.add_argument("--threads", type=positive_int, default=1)
     p.set_defaults(run=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     size = SIZES["quick" if args.quick else "default"]
-    size = Size(args.samples or size.samples, args.steps or size.steps, args.bank or size.bank, size.negation, size.sweeps)
+    pick = [size.samples if args.samples is None else args.samples, size.steps if args.steps is None else args.steps,
+            size.bank if args.bank is None else args.bank]
+    size = Size(*pick, size.negation, size.sweeps)
     names = list(BENCHMARKS) if args.which == "all" else [args.which]
     for name in names:
         result = BENCHMARKS[name](Path(args.out) / name, size)

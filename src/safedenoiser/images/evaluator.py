@@ -15,10 +15,10 @@ from typing import Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .. import fileio
 from ..kernels import nearest_distances, nearest_neighbours
 from .network import CheckpointError
 
@@ -111,13 +111,10 @@ class Evaluator:
 
     # -- saving ----------------------------------------------------------------------------------------------
     def save(self, path: str | Path, extra: dict | None = None) -> None:
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         header = {"format": JUDGE_FORMAT, "class_names": json.dumps(list(self.class_names)),
                   "test_accuracy": repr(self.test_accuracy), "copy_threshold": repr(self.copy_threshold),
                   "info": json.dumps(extra or {}, sort_keys=True)}
-        save_file({k: v.contiguous() for k, v in self.judge.state_dict().items()}, str(tmp), metadata=header)
-        tmp.replace(path)
+        fileio.save_safetensors(dict(self.judge.state_dict()), path, metadata=header)
 
     @classmethod
     def load(cls, path: str | Path) -> Evaluator:

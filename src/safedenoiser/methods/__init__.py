@@ -3,12 +3,18 @@
 from .base import CorrectedDenoiser, Correction, Proposal
 from .baselines import NegativeGuidance, SparseRepellency, repellency_shift
 from .calibration import Calibration
+from .conditional import ConditionalCorrection, ReferenceSet, ReferenceSetError, posterior_spread
 from .safe import (MODES, CalibratedCorrection, PaperCorrection, ReferenceCodeCorrection, SubstitutionCorrection,
                    make_correction, safe_denoiser)
+from .safree import SafreeConfig, leave_one_out_embeddings, safree_embeddings, safree_step_mask
+from .sgf import KernelRepulsion
+from .sld import SLDConfig, sld_guidance
 from .window import Window
 
 __all__ = [
-    "MODES", "CalibratedCorrection", "Calibration", "CorrectedDenoiser", "Correction", "NegativeGuidance",
-    "PaperCorrection", "Proposal", "ReferenceCodeCorrection", "SparseRepellency", "SubstitutionCorrection", "Window",
-    "make_correction", "repellency_shift", "safe_denoiser",
+    "MODES", "CalibratedCorrection", "Calibration", "ConditionalCorrection", "CorrectedDenoiser", "Correction", "NegativeGuidance",
+    "PaperCorrection", "Proposal", "ReferenceCodeCorrection", "ReferenceSet", "ReferenceSetError", "SparseRepellency", "SubstitutionCorrection", "Window",
+    "make_correction", "posterior_spread", "repellency_shift", "safe_denoiser",
+    "KernelRepulsion", "SLDConfig", "SafreeConfig", "leave_one_out_embeddings", "safree_embeddings", "safree_step_mask",
+    "sld_guidance",
 ]

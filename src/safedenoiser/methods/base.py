@@ -71,7 +71,8 @@ class Correction:
         x0_flat = x0.reshape(batch, -1)
         proposal = self.propose(x.reshape(batch, -1).to(dtype), sigma_b, x0_flat.to(dtype))
         active = in_window & proposal.gate
-        out = torch.where(active[:, None], proposal.x0.to(x0.dtype), x0_flat)
+        limit = torch.finfo(x0.dtype).max  # the proposal is computed in float32/64: clip to the output's finite range
+        out = torch.where(active[:, None], proposal.x0.clamp(-limit, limit).to(x0.dtype), x0_flat)
         self._report(sigma_b, active, proposal.diagnostics)
         return out.reshape(x0.shape)
 

@@ -8,6 +8,7 @@ E_unsafe is the kernel (softmax-attention) mean of the negation set; the three m
 * ``calibrated``  w = gain * beta*(x) estimated with kernel densities of one bandwidth (see calibration.py)
 * ``substitution`` x0 + r (E_bank - E_unsafe), r = g beta* / (1 + g beta*): the calibrated weight without extrapolation
 * ``reference``   the authors' public code: kernel on x0, plain distance, x0 - scale * E_unsafe, beta as a gate
+* ``conditional`` condition-aware substitution at the (guided) predicted x0 with one shared reference set (conditional.py)
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..negation import NegationSet
 from .base import Correction, CorrectedDenoiser, Proposal
 from .calibration import Calibration
 
-MODES = ("paper", "calibrated", "substitution", "reference")
+MODES = ("paper", "calibrated", "substitution", "reference", "conditional")
 
 
 def safe_update(x0: Tensor, unsafe_mean: Tensor, weight: Tensor) -> Tensor:
@@ -164,7 +165,8 @@ class ReferenceCodeCorrection(Correction):
 
 
 def make_correction(negation: NegationSet, mode: str = "paper", **knobs: Any) -> Correction:
-    """Build the correction of ``mode`` ('paper', 'calibrated', 'substitution' or 'reference') with its knobs."""
+    """Build the correction of ``mode`` ('paper', 'calibrated', 'substitution', 'reference' or 'conditional'; the
+    last needs ``reference=ReferenceSet(...)``, see conditional.py) with its knobs."""
     if mode == "paper":
         return PaperCorrection(negation, **knobs)
     if mode == "calibrated":
@@ -173,6 +175,10 @@ def make_correction(negation: NegationSet, mode: str = "paper", **knobs: Any) ->
         return SubstitutionCorrection(negation, **knobs)
     if mode == "reference":
         return ReferenceCodeCorrection(negation, **knobs)
+    if mode == "conditional":
+        from .conditional import ConditionalCorrection
+
+        return ConditionalCorrection(negation, **knobs)
     raise ValueError(f"unknown safe-denoiser mode {mode!r}; choose one of {MODES}")
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,8 @@ from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
+
+from .. import fileio
 
 SEED_COLUMNS = ("seed", "evaluation_seed", "sd_seed")
 GUIDANCE_COLUMNS = ("guidance", "evaluation_guidance", "guidance_scale", "sd_guidance_scale")
@@ -85,31 +88,104 @@ def _paths(out_dir: Path, index: int) -> tuple[Path, Path]:
     return out_dir / "images" / f"{index:06d}.png", out_dir / "records" / f"{index:06d}.json"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+SETTINGS_FILE = "settings.json"
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def check_settings(out_dir: Path, settings: dict[str, Any]) -> None:
+    """Store ``settings`` in ``OUT/settings.json`` on the first run; on a rerun refuse other settings by name
+    (the items already there would otherwise be skipped and kept, silently mixing two runs)."""
+    path = out_dir / SETTINGS_FILE
+    settings = jsonable(settings)
+    if not path.is_file():
+        fileio.write_text(path, json.dumps(settings, sort_keys=True, indent=1, allow_nan=False))
+        return
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {path} ({err}); use another --out folder") from err
+    if stored != settings:
+        old, new = _flatten(stored), _flatten(settings)
+        diffs = [f"{key}: {old.get(key, '(unset)')!r} there, {new.get(key, '(unset)')!r} now"
+                 for key in sorted(set(old) | set(new)) if old.get(key, "(unset)") != new.get(key, "(unset)")]
+        raise ValueError(f"{out_dir} holds results generated with other settings ({'; '.join(diffs[:4])}"
+                         f"{'; ...' if len(diffs) > 4 else ''}); use another --out folder, or delete it to regenerate")
+
+
+def _check_item(record_path: Path, item: PromptItem, guidance: float) -> None:
+    """The record of an item that will be skipped must be of this prompt, seed and guidance."""
+    try:
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {record_path} ({err}); delete it to regenerate item {item.index}") from err
+    there = (record.get("prompt"), record.get("seed"), record.get("guidance"))
+    if there != (item.prompt, item.seed, guidance):
+        raise ValueError(f"item {item.index} in {record_path.parent.parent} was generated from prompt/seed/guidance "
+                         f"{there!r}, the prompt file now gives {(item.prompt, item.seed, guidance)!r}; "
+                         "use another --out folder")
+
+
+def _to_pil(array: Any) -> list[Any]:
+    """(B, H, W, C) floats in [0, 1] -> PIL images, as diffusers' ``numpy_to_pil``."""
+    import numpy as np
+    from PIL import Image
+
+    pixels = (np.asarray(array) * 255).round().astype("uint8")
+    return [Image.fromarray(p[..., 0], mode="L") if p.shape[-1] == 1 else Image.fromarray(p) for p in pixels]
 
 
 def generate(pipe: Any, items: Sequence[PromptItem], out_dir: str | Path, *, hook: Any = None, method: str = "plain",
              parameters: dict[str, Any] | None = None, steps: int = 50, guidance: float = 7.5, batch_size: int = 1,
              rank: int | None = None, world_size: int | None = None, progress: bool = True,
-             generator_device: str = "cpu", **call_kwargs: Any) -> dict[str, int]:
+             generator_device: str = "cpu", settings: dict[str, Any] | None = None, **call_kwargs: Any) -> dict[str, int]:
     """Generate this rank's share of ``items`` with ``pipe`` (a diffusers text-to-image pipeline, optionally with a
     :class:`~safedenoiser.pipelines.SafeDenoiserHook` ``hook`` attached) into ``out_dir``.
 
     ``call_kwargs`` (height, width, negative_prompt, ...) go to every pipeline call. Items of one batch share a
-    guidance scale. Returns counts: ``done`` (generated now), ``skipped`` (already there), ``mine`` (this rank's).
+    guidance scale. The method, parameters, steps, guidance, call arguments and ``settings`` (model, dtype, ...
+    given by the caller) are stored in ``OUT/settings.json``; a rerun with others is refused by name, as is a
+    rerun whose prompt file gives an item another prompt, seed or guidance. An image with NaN pixels (a float16
+    overflow, say) stops the run with an error instead of being written. Returns counts: ``done`` (generated
+    now), ``skipped`` (already there), ``mine`` (this rank's).
     """
     if rank is None or world_size is None:
         rank, world_size = rank_and_world()
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not math.isfinite(guidance):
+        raise ValueError(f"guidance must be finite, got {guidance}")
     out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output folder {out_dir} is an existing file")
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "records").mkdir(parents=True, exist_ok=True)
-    mine = [item for item in items if item.index % world_size == rank]
-    todo = [item for item in mine if not all(p.exists() for p in _paths(out_dir, item.index))]
+    call = {k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, type(None)))}
+    check_settings(out_dir, {"method": method, "parameters": parameters or {}, "steps": steps, "guidance": guidance,
+                             "call": call, **(settings or {})})
+    for folder in ("images", "records"):
+        fileio.remove_stale_temps(out_dir / folder)
+
     def scale(item: PromptItem) -> float:
         return item.guidance if item.guidance is not None else guidance
+
+    mine = [item for item in items if item.index % world_size == rank]
+    todo = []
+    for item in mine:
+        image_path, record_path = _paths(out_dir, item.index)
+        if image_path.exists() and record_path.exists():
+            _check_item(record_path, item, scale(item))
+        else:
+            todo.append(item)
 
     batches: list[list[PromptItem]] = []
     for item in todo:
@@ -123,28 +199,47 @@ def generate(pipe: Any, items: Sequence[PromptItem], out_dir: str | Path, *, hoo
         generators = [torch.Generator(generator_device).manual_seed(item.seed) for item in batch]
         if hook is not None:
             hook.reset_trace()
-        images = pipe([item.prompt for item in batch], num_inference_steps=steps, guidance_scale=g, generator=generators,
-                      output_type="pil", **call_kwargs).images
+        pixels = pipe([item.prompt for item in batch], num_inference_steps=steps, guidance_scale=g, generator=generators,
+                      output_type="np", **call_kwargs).images
+        import numpy as np
+
+        for item, image in zip(batch, pixels):
+            if not np.isfinite(np.asarray(image)).all():
+                raise ValueError(f"item {item.index} (seed {item.seed}): the pipeline produced NaN or infinite pixels "
+                                 "(a float16 overflow?); nothing was written for it: use --dtype float32 "
+                                 "or a smaller --max-weight")
         traces = hook.summary(len(batch)) if hook is not None else [None] * len(batch)
-        for item, image, trace in zip(batch, images, traces):
+        for item, image, trace in zip(batch, _to_pil(pixels), traces):
             image_path, record_path = _paths(out_dir, item.index)
-            tmp = image_path.with_name(image_path.name + f".tmp{os.getpid()}")
-            image.save(tmp, format="PNG")
-            tmp.replace(image_path)
+            fileio.write_with(image_path, lambda tmp: image.save(tmp, format="PNG"))
             record = {**asdict(item), "guidance": g, "steps": steps, "method": method, "parameters": parameters or {},
-                      "image": str(image_path.relative_to(out_dir)), "correction": trace,
-                      "call": {k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, type(None)))}}
-            _write_atomic(record_path, json.dumps(record, sort_keys=True))
+                      "image": str(image_path.relative_to(out_dir)), "correction": trace, "call": call}
+            fileio.write_text(record_path, json.dumps(jsonable(record), sort_keys=True, allow_nan=False))
         bar.update(len(batch))
     bar.close()
     merge_records(out_dir)
     return {"done": len(todo), "skipped": len(mine) - len(todo), "mine": len(mine)}
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` with every non-finite float written as a string ("inf", "-inf", "nan"): strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value
+    return str(value)
+
+
 def merge_records(out_dir: str | Path) -> Path:
-    """Rewrite ``OUT/records.jsonl`` from every finished record, in item order."""
+    """Rewrite ``OUT/records.jsonl`` from every finished record, in item order. Ranks merge one at a time
+    (a lock file), so the last one to finish lists every record and none is dropped."""
     out_dir = Path(out_dir)
-    lines = [p.read_text(encoding="utf-8").strip() for p in sorted((out_dir / "records").glob("*.json"))]
     target = out_dir / "records.jsonl"
-    _write_atomic(target, "".join(line + "\n" for line in lines))
+    with fileio.file_lock(out_dir / ".records.lock"):
+        lines = [p.read_text(encoding="utf-8").strip() for p in sorted((out_dir / "records").glob("*.json"))]
+        fileio.write_text(target, "".join(line + "\n" for line in lines))
     return target

@@ -8,7 +8,10 @@ output as a delta, so that the scheduler's x0 is the safe x0 and an inactive cor
 
 Classifier-free guidance, negative prompts and SLD call the model on a batch of branches; the hook corrects
 every branch. The ``paper`` and ``calibrated`` corrections are affine in x0 with coefficients that depend on
-(x, sigma) only, and CFG weights sum to one, so this equals correcting the guided x0 (paper Eq. 8).
+(x, sigma) only, and CFG weights sum to one, so this equals correcting the guided x0 (paper Eq. 8). A nonlinear,
+condition-aware correction (``conditional``) is not: with ``guidance="guided"`` (the default for corrections marked
+``acts_on_guided``) the hook forms the guided x0 = x0_u + w (x0_c - x0_u) of two-branch CFG, corrects it, and adds
+the same change to both branches, so the scheduler's guided x0 is exactly the corrected one.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from ..models import conversions
 from ..negation import NegationSet, NegationSetError
 from .noise_levels import UnsupportedPipelineError, noise_level, scheduler_prediction
 
+GUIDANCE_PATHS = ("auto", "branches", "guided")
 SUPPORTED_MODELS = ("UNet2DConditionModel", "UNet2DModel", "SD3Transformer2DModel", "FluxTransformer2DModel")
 
 
@@ -86,9 +90,12 @@ class SafeDenoiserHook:
     tensors from the correction's diagnostics callback (kept on the device until :meth:`summary`).
     """
 
-    def __init__(self, pipe: Any, correction: Correction, *, check: bool = True):
+    def __init__(self, pipe: Any, correction: Correction, *, check: bool = True, guidance: str = "auto"):
         if not isinstance(correction, Correction):
             raise TypeError(f"correction must be a safedenoiser Correction, got {type(correction).__name__}")
+        if guidance not in GUIDANCE_PATHS:
+            raise ValueError(f"unknown guidance path {guidance!r}; choose one of {GUIDANCE_PATHS}")
+        self.guidance = guidance
         self.pipe = pipe
         self.model = pipeline_model(pipe)
         scheduler_prediction(pipe.scheduler)
@@ -156,6 +163,22 @@ class SafeDenoiserHook:
         self.trace.append({"sigma": self._sigma, "active": diagnostics["active"], "weight": diagnostics.get("weight")})
         if self._user_callback is not None:
             self._user_callback(diagnostics)
+
+    def _guided_branches(self, kwargs: dict, batch: int) -> bool:
+        """True when this call should be corrected on its guided x0 (``guidance="guided"``, or ``"auto"`` and a
+        correction marked ``acts_on_guided``) and the pipeline runs two-branch CFG (``do_classifier_free_guidance``)."""
+        mode = self.guidance
+        if mode == "branches" or (mode == "auto" and not getattr(self.correction, "acts_on_guided", False)):
+            return False
+        if not getattr(self.pipe, "do_classifier_free_guidance", False):
+            return False
+        if kwargs.get("skip_layers") is not None:
+            raise UnsupportedPipelineError("skip-layer guidance calls the model on a third, partial branch; the "
+                                           "guided-x0 correction supports two-branch CFG only (skip_guidance_layers=None)")
+        if batch % 2:
+            raise UnsupportedPipelineError(f"classifier-free guidance with an odd model batch ({batch}): cannot split "
+                                           "it into [uncond; cond] branches")
+        return True
 
     def _check_call(self, scheduler: Any) -> str:
         rescale = getattr(self.pipe, "_guidance_rescale", 0.0) or 0.0
@@ -227,10 +250,21 @@ class SafeDenoiserHook:
             correction.negation = correction.negation.to(pred.device)
         x_in, out = sample.float(), pred.float()
         x0 = _to_x0(prediction, x_in, out, alpha, s)
-        x0_safe = correction(x_in / alpha, sigma, x0)
-        if x0_safe is x0:
-            return output
-        new = (out + _prediction_delta(prediction, x0_safe - x0, alpha, s)).to(pred.dtype)
+        if self._guided_branches(kwargs, x0.shape[0]):
+            # classifier-free guidance with batch [uncond; cond]: correct the guided x0 and add the same change to
+            # both branches; the CFG weights (1 - w, w) sum to one, so the scheduler's guided x0 is the corrected one
+            x0_u, x0_c = x0.chunk(2)
+            guided = x0_u + float(self.pipe.guidance_scale) * (x0_c - x0_u)
+            guided_safe = correction(x_in.chunk(2)[1] / alpha, sigma, guided)
+            if guided_safe is guided:
+                return output
+            delta = (guided_safe - guided).repeat(2, *([1] * (x0.ndim - 1)))
+        else:
+            x0_safe = correction(x_in / alpha, sigma, x0)
+            if x0_safe is x0:
+                return output
+            delta = x0_safe - x0
+        new = (out + _prediction_delta(prediction, delta, alpha, s)).to(pred.dtype)
         if isinstance(output, tuple):
             return (new, *output[1:])
         output.sample = new
@@ -269,15 +303,18 @@ def describe_shape_mismatch(negation: NegationSet, shape: tuple[int, ...], vae_s
 
 
 def attach_safe_denoiser(pipe: Any, negation: NegationSet | Correction | str | Path, mode: str = "paper", *,
-                         check: bool = True, **knobs: Any) -> SafeDenoiserHook:
+                         check: bool = True, guidance: str = "auto", **knobs: Any) -> SafeDenoiserHook:
     """Attach the safe denoiser to ``pipe``; returns a handle (also a context manager) whose ``detach()`` removes it.
 
     ``negation`` is a :class:`NegationSet`, a path to one, or a ready :class:`Correction` (then ``mode`` and
     ``knobs`` are ignored); otherwise ``make_correction(negation, mode, **knobs)`` with modes ``paper``,
     ``calibrated`` and ``reference`` (the authors' code) and knobs such as ``eta``, ``window``, ``log_threshold``.
     With ``check`` a set whose metadata names a different VAE (factors, weights, channels) is refused.
+    ``guidance``: ``"branches"`` corrects every CFG branch; ``"guided"`` corrects the guided x0 of two-branch CFG and
+    adds the same change to both branches; ``"auto"`` (default) is ``"branches"`` except for corrections marked
+    ``acts_on_guided`` (nonlinear in x0).
     """
     if isinstance(negation, (str, Path)):
         negation = NegationSet.load(negation)
     correction = negation if isinstance(negation, Correction) else make_correction(negation, mode, **knobs)
-    return SafeDenoiserHook(pipe, correction, check=check)
+    return SafeDenoiserHook(pipe, correction, check=check, guidance=guidance)

@@ -17,10 +17,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import fileio
 from ..imageio import ImageReadError, iter_image_batches, list_images
 from ..negation import NegationSet, NegationSetError
 
@@ -46,9 +46,19 @@ def file_sha256(path: str | Path) -> str:
 
 
 def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    fileio.save_safetensors(tensors, path, metadata=metadata)
+
+
+def file_stamps(paths: Sequence[Path]) -> list[list[int] | None]:
+    """(size, mtime in ns) of each file, None where it cannot be read: a changed file changes its stamp."""
+    stamps: list[list[int] | None] = []
+    for path in paths:
+        try:
+            st = path.stat()
+            stamps.append([st.st_size, st.st_mtime_ns])
+        except OSError:
+            stamps.append(None)
+    return stamps
 
 
 def _read_part(path: Path) -> tuple[Tensor | None, dict[str, Any]]:
@@ -77,14 +87,38 @@ def build_negation_set(paths: Sequence[str | Path], encode_fn: Callable[[Tensor]
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
+    if out_path.is_dir():
+        raise ValueError(f"output {out_path} is a folder; give a .safetensors file name")
     parts_dir = out_path.with_name(out_path.name + ".parts")
-    signature = hashlib.sha256(json.dumps({"paths": [str(p) for p in paths], "batch_size": batch_size, "size": size,
-                                           "resize": resize, "mode": mode, "metadata": metadata or {}},
-                                          sort_keys=True, default=str).encode()).hexdigest()
+    options = json.loads(json.dumps({"paths": [str(p) for p in paths], "batch_size": batch_size, "size": size,
+                                     "resize": resize, "mode": mode, "metadata": metadata or {},
+                                     "dtype": str(dtype)}, sort_keys=True, default=str))
+    signature = hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()
     if parts_dir.exists() and not resume:
         shutil.rmtree(parts_dir)
     parts_dir.mkdir(exist_ok=True)
+    fileio.remove_stale_temps(parts_dir)
+    try:
+        report = _encode_parts(paths, encode_fn, out_path, parts_dir, options, signature, batch_size=batch_size,
+                               strict=strict, size=size, resize=resize, mode=mode, dtype=dtype, progress=progress)
+    except Exception:
+        if not any(parts_dir.glob("part-*.safetensors")):
+            shutil.rmtree(parts_dir, ignore_errors=True)  # nothing to resume: leave no empty .parts folder behind
+        raise
+    return _assemble(paths, out_path, parts_dir, report, batch_size=batch_size, size=size, space=space, metadata=metadata)
 
+
+def _stale_options(parts_dir: Path, stored: dict[str, Any], options: dict[str, Any]) -> str:
+    keys = [k for k in sorted(set(stored) | set(options)) if stored.get(k) != options.get(k)]
+    return (f"{parts_dir} holds the parts of an interrupted build with other {', '.join(keys) or 'options'}; "
+            "rerun with --no-resume (library: resume=False) to discard them, or delete the folder")
+
+
+def _encode_parts(paths: list[Path], encode_fn: Callable[[Tensor], Tensor], out_path: Path, parts_dir: Path,
+                  options: dict[str, Any], signature: str, *, batch_size: int, strict: bool, size: Any, resize: bool,
+                  mode: str, dtype: torch.dtype | None, progress: bool) -> BuildReport:
+    """Encode every batch that has no valid part file yet; a part is valid when it has this build's options and
+    its images' sizes and modification times are unchanged (else it is encoded again)."""
     starts = list(range(0, len(paths), batch_size))
     report = BuildReport(out_path, 0)
     on_error = "raise" if strict else "skip"
@@ -97,13 +131,15 @@ def build_negation_set(paths: Sequence[str | Path], encode_fn: Callable[[Tensor]
                 _, info = _read_part(part)
             except Exception as err:
                 raise NegationSetError(f"cannot read partial build file {part} ({err}); delete {parts_dir} to restart") from err
-            if info["signature"] != signature:
-                raise NegationSetError(f"{parts_dir} is from a build with other images or options; delete it or use resume=False")
-            report.resumed_batches += 1
-            bar.update(len(chunk))
-            continue
+            if info.get("signature") != signature:
+                raise NegationSetError(_stale_options(parts_dir, info.get("options", {}), options))
+            if info.get("stamps") == file_stamps(chunk):
+                report.resumed_batches += 1
+                bar.update(len(chunk))
+                continue
+        stamps = file_stamps(chunk)
         batch = next(iter_image_batches(chunk, len(chunk), size=size, mode=mode, resize=resize, on_error=on_error))
-        info = {"signature": signature, "names": [str(p) for p in batch.paths],
+        info = {"signature": signature, "options": options, "stamps": stamps, "names": [str(p) for p in batch.paths],
                 "hashes": [file_sha256(p) for p in batch.paths], "skipped": batch.skipped}
         tensors = {}
         if batch.images.numel():
@@ -115,9 +151,14 @@ def build_negation_set(paths: Sequence[str | Path], encode_fn: Callable[[Tensor]
         _atomic_save(tensors, part, {"part": json.dumps(info)})
         bar.update(len(chunk))
     bar.close()
+    return report
 
+
+def _assemble(paths: list[Path], out_path: Path, parts_dir: Path, report: BuildReport, *, batch_size: int, size: Any,
+              space: str, metadata: dict[str, Any] | None) -> BuildReport:
+    """Concatenate the part files into the negation set at ``out_path`` and remove them."""
     datas, names, hashes = [], [], []
-    for number in range(len(starts)):
+    for number in range(-(-len(paths) // batch_size)):
         data, info = _read_part(parts_dir / f"part-{number:07d}.safetensors")
         if data is not None:
             datas.append(data)
@@ -125,6 +166,7 @@ def build_negation_set(paths: Sequence[str | Path], encode_fn: Callable[[Tensor]
         hashes += info["hashes"]
         report.skipped.update(info["skipped"])
     if not datas:
+        shutil.rmtree(parts_dir, ignore_errors=True)
         raise ImageReadError(f"none of the {len(paths)} images could be read: " +
                              "; ".join(f"{k}: {v}" for k, v in list(report.skipped.items())[:5]))
     data = torch.cat(datas)
@@ -138,9 +180,7 @@ def build_negation_set(paths: Sequence[str | Path], encode_fn: Callable[[Tensor]
         meta["images"] = entries
     else:
         manifest = out_path.with_name(out_path.name + ".images.jsonl")
-        tmp = manifest.with_name(manifest.name + ".tmp")
-        tmp.write_text("".join(json.dumps(e) + "\n" for e in entries))
-        tmp.replace(manifest)
+        fileio.write_text(manifest, "".join(json.dumps(e) + "\n" for e in entries))
         meta["image_manifest"] = {"file": manifest.name, "sha256": file_sha256(manifest)}
     meta["image_root"] = str(root)
     NegationSet(data, space=space, source=str(root), metadata=meta).save(out_path)
@@ -206,10 +246,56 @@ def build_from_folder(model: str | Path, images: str | Path | Sequence[str | Pat
 
     Images are resized to ``resolution`` (default: the VAE's ``sample_size``) and must then all have that size.
     """
-    vae = vae if vae is not None else load_vae(model, device, dtype)
     paths = list_images(images) if isinstance(images, (str, Path)) else [Path(p) for p in images]
+    if vae is None:
+        pixel = pixel_pipeline_config(model)
+        if pixel is not None:
+            return _build_pixel_set(model, pixel, paths, out, resolution=resolution, batch_size=batch_size,
+                                    strict=strict, resume=resume, store_dtype=store_dtype, progress=progress)
+    vae = vae if vae is not None else load_vae(model, device, dtype)
     resolution = int(resolution or vae.config.sample_size)
     meta = vae_metadata(vae, str(model))
     return build_negation_set(paths, vae_encoder(vae, device), out, batch_size=batch_size, resume=resume, strict=strict,
                               size=resolution, resize=True, space="vae latents", metadata=meta, dtype=store_dtype,
                               progress=progress)
+
+
+def pixel_pipeline_config(model: str | Path) -> dict[str, Any] | None:
+    """For a pipeline folder without a VAE whose UNet works on pixels (e.g. the shipped ``fashion-t2i``):
+    ``{"pipeline", "sample_size", "channels"}``; None for anything else (then the VAE path applies)."""
+    from ..t2i.pipeline import SHIPPED_NAME, shipped_pipeline_path
+
+    path = shipped_pipeline_path() if str(model) == SHIPPED_NAME else Path(model)
+    index, unet_config = path / "model_index.json", path / "unet" / "config.json"
+    if not index.is_file() or not unet_config.is_file() or (path / "vae").exists():
+        return None
+    try:
+        components = json.loads(index.read_text())
+        config = json.loads(unet_config.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise NegationSetError(f"cannot read the pipeline config in {path}: {err}") from err
+    if components.get("vae") not in (None, [None, None]):
+        return None
+    return {"pipeline": components.get("_class_name"), "sample_size": int(config["sample_size"]), "channels": int(config["in_channels"])}
+
+
+def pixel_metadata(model: str | Path, pixel: dict[str, Any]) -> dict[str, Any]:
+    """What the hook checks for a pixel-space set: the pipeline class, its image size and channels."""
+    return {"model": str(model), "pixel_pipeline": pixel["pipeline"], "pixel_sample_size": pixel["sample_size"],
+            "pixel_channels": pixel["channels"]}
+
+
+def _build_pixel_set(model: str | Path, pixel: dict[str, Any], paths: list[Path], out: str | Path, *,
+                     resolution: int | None, batch_size: int, strict: bool, resume: bool,
+                     store_dtype: torch.dtype | None, progress: bool) -> BuildReport:
+    """The identity "encoder" of a pixel-space pipeline: images resized to its UNet's size, in [-1, 1], grey or RGB
+    as its UNet's channels."""
+    size = pixel["sample_size"]
+    if resolution is not None and int(resolution) != size:
+        raise NegationSetError(f"--resolution {resolution}: this pipeline works on pixels at {size}x{size} only")
+    mode = {1: "L", 3: "RGB"}.get(pixel["channels"])
+    if mode is None:
+        raise NegationSetError(f"pixel-space pipelines with {pixel['channels']} channels are not supported (1 or 3)")
+    return build_negation_set(paths, lambda images: images.float(), out, batch_size=batch_size, resume=resume,
+                              strict=strict, size=size, resize=True, mode=mode, space="pixels",
+                              metadata=pixel_metadata(model, pixel), dtype=store_dtype, progress=progress)

@@ -1,0 +1,91 @@
+"""Argument types for the command line: each refuses a bad value at the edge with one line naming the value
+(argparse adds the flag: ``argument --steps: expected an integer >= 1, got '0'``)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Callable
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An integer >= ``low``."""
+    def parse(text: str) -> int:
+        value = _int(text)
+        if value < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"
+    return parse
+
+
+positive_int = int_at_least(1)
+nonnegative_int = int_at_least(0)
+
+
+def float_in(low: float = -math.inf, high: float = math.inf, *, low_open: bool = False, allow_inf: bool = False,
+             what: str | None = None) -> Callable[[str], float]:
+    """A number in [low, high] (``low_open``: (low, high]); NaN is always refused, +-inf only with ``allow_inf``."""
+    def parse(text: str) -> float:
+        value = _float(text)
+        finite_ok = allow_inf or math.isfinite(value)
+        in_range = value > low if low_open else value >= low
+        if math.isnan(value) or not finite_ok or not in_range or value > high:
+            raise argparse.ArgumentTypeError(f"expected {describe}, got {text!r}")
+        return value
+
+    bounds = []
+    if low > -math.inf:
+        bounds.append(f"{'>' if low_open else '>='} {low:g}")
+    if high < math.inf:
+        bounds.append(f"<= {high:g}")
+    describe = what or ("a " + ("" if allow_inf else "finite ") + "number" + (" " + " and ".join(bounds) if bounds else ""))
+    parse.__name__ = describe
+    return parse
+
+
+finite_float = float_in()
+positive_float = float_in(0.0, low_open=True)
+nonnegative_float = float_in(0.0)
+threshold_float = float_in(allow_inf=True, what="a number or -inf/inf (not NaN)")
+
+
+def device(text: str) -> str:
+    """A torch device string that torch can parse and that exists here."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a torch device such as cpu, cuda, cuda:0 or mps, got {text!r}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"device {text!r} asked for, but CUDA is not available here")
+    if dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError(f"device {text!r} asked for, but MPS is not available here")
+    return text
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    """Comma-separated integers >= 1, e.g. ``16,32,64``."""
+    try:
+        values = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 16,32,64, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
+    return values

@@ -1,0 +1,219 @@
+"""A safe denoiser for conditional models with ONE reference set shared by every condition (this project).
+
+For a condition c the exact safe denoiser is E_safe[x0|x,c] = E[x0|x,c] + beta*(x,c) (E[x0|x,c] - E_unsafe[x0|x,c])
+(DESIGN section 8); beta*(x, c) needs densities per condition, which a bank per class or prompt cannot give. What
+carries the condition for free is the model's own prediction x0_hat = D(x, sigma, c). The mode ``conditional``:
+
+    r      = P(unsafe | x0_hat) = sigmoid( log g + log[(1/N) sum_n k_h(x0_hat, x_n)] - log[(1/M) sum_m k_h(x0_hat, y_m)] )
+    x0'    = x0_hat + r (E_ref[x0 | x] - E_neg[x0 | x])                                          (update 'posterior')
+
+* x_n the negation set, y_m the reference set (allowed content, :class:`ReferenceSet`), g the prior odds (``gain``).
+* r is a kernel classifier at the predicted x0: x0_hat is treated as a Gaussian observation x0 + tau n of a clean
+  item drawn from the prior g/(1+g) p_neg + 1/(1+g) p_ref, with tau(sigma) = sigma s_d / sqrt(sigma^2 + s_d^2) the
+  posterior spread at sigma for data of scale s_d; kernels k_h, h = bandwidth_scale * tau, on both sets, so the
+  Gaussian normalisers cancel in any dimension. r is exact for that observation model (N, M -> infinity).
+* E_neg[x0|x], E_ref[x0|x]: kernel (softmax) means at x with bandwidth sigma: the exact denoisers of the empirical
+  negation and reference distributions. If the unsafe content does not depend on the condition
+  (p_unsafe(x0|c) = p_neg), E_unsafe[x0|x,c] = E_neg[x0|x], and E[x0|x,c] = (1-rho) E_safe[x0|x,c] + rho E_neg[x0|x]
+  with rho = P(unsafe|x,c). With r = rho the update gives (1 - rho) E_safe[x0|x,c] + rho E_ref[x0|x]: the unsafe part
+  of the posterior is *substituted* by allowed content (bounded: never an extrapolation), which is the exact safe
+  denoiser when rho = 0 or when E_ref[x0|x] = E_safe[x0|x,c].
+* Explicit request (Z_s(c) = 0, rho = 1): E[x0|x,c] = E_neg[x0|x] exactly, so x0' = E_ref[x0|x] while r ~ 1: the
+  request is answered by the reference distribution's own denoiser, started from where the request had taken x:
+  allowed content near the request (on mixtures, the allowed components next to the negated one), never a crash or
+  an artefact. Its limit (measured, see docs/conditional.md): r is judged at x0_hat, and at low noise x0_hat ~ x
+  carries little of the condition; once x has left the negated region r falls, and the conditional branch pulls
+  back (64-D mixture, CFG 2: explicit requests stay unsafe). ``heading`` > 1 judges r at x + a (x0_hat - x),
+  a = min(heading, (s_d^2 + sigma^2) / sigma^2) (the local Gaussian mean the model heads for); measured: it fixes
+  explicit requests in 64-D but creates false positives, so it is off by default.
+
+Updates ``substitute`` (x0_hat + r (E_ref - E_neg) with both means at x0_hat, bandwidth h) and ``replace``
+(x0_hat + r (E_ref - x0_hat), at x0_hat) are kept for comparison: on mixtures they leave explicit requests at the
+boundary of the negated region (the nearest allowed item to a forbidden request is the least typical one).
+
+With classifier-free guidance, use :class:`SafeClassifierFreeGuidance` (the safe denoiser in both branches, each with
+its own r) or, in a diffusers pipeline, the hook's guided-x0 path (``attach_safe_denoiser(..., guidance=...)``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..negation import NegationSet, NegationSetError
+from .base import Correction, Proposal
+from .calibration import negation_share
+
+UPDATES = ("posterior", "substitute", "replace")
+
+
+class ReferenceSetError(ValueError):
+    """A reference set that is empty, non-finite, of the wrong shape, or entirely covered by the negation set."""
+
+
+def _check_reference(data: Any) -> None:
+    if not isinstance(data, Tensor):
+        raise ReferenceSetError(f"reference set data must be a torch.Tensor, got {type(data).__name__}")
+    if data.ndim < 2:
+        raise ReferenceSetError(f"reference set data must have shape (M, *item_shape), got {tuple(data.shape)}")
+    if data.shape[0] == 0:
+        raise ReferenceSetError("reference set is empty: it needs at least one allowed item")
+    if not data.is_floating_point():
+        raise ReferenceSetError(f"reference set data must be floating point, got {data.dtype}")
+
+
+class ReferenceSet(NegationSet):
+    """M clean items of *allowed* content, shared by every condition, encoded exactly like the negation set
+    (same space, item shape). Saved / loaded as a :class:`NegationSet` file with ``metadata['role'] = 'reference'``.
+
+    Build it from real allowed images (recommended) or from model samples with :meth:`from_samples`, which drops
+    the samples the negation set covers.
+    """
+
+    def __init__(self, data: Tensor, *, validate: bool = True, **kwargs: Any):
+        _check_reference(data)
+        if validate and not all(bool(torch.isfinite(data[s : s + 4096]).all()) for s in range(0, data.shape[0], 4096)):
+            raise ReferenceSetError("reference set contains NaN or infinite values")
+        metadata = {**(kwargs.pop("metadata", None) or {}), "role": "reference"}
+        try:
+            super().__init__(data, validate=False, metadata=metadata, **kwargs)
+        except NegationSetError as err:
+            raise ReferenceSetError(str(err).replace("negation", "reference")) from err
+
+    def __repr__(self) -> str:
+        return f"ReferenceSet(n={len(self)}, item_shape={self.item_shape}, dtype={self.dtype}, space={self.space!r})"
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ReferenceSet:
+        return ReferenceSet(self.data.to(device=device, dtype=dtype), space=self.space, source=self.source,
+                            metadata=self.metadata, compute_dtype=self.compute_dtype, chunk_size=self.chunk_size)
+
+    def covered_by(self, negation: NegationSet, neighbours: int = 20) -> Tensor:
+        """(M,) bool: items the negation set covers, by the k-nearest-neighbour share rule of :mod:`.calibration`
+        (negation items make up >= N / (2 (N + M)) of an item's ``neighbours`` nearest in negation + rest of the set)."""
+        if self.item_shape != negation.item_shape:
+            raise ReferenceSetError(f"reference set has item shape {self.item_shape} but the negation set has "
+                                    f"{negation.item_shape}; encode both the same way")
+        if len(self) < 2:
+            return (torch.cdist(self.flat.double(), negation.flat.double()).min(1).values == 0)
+        n, m = len(negation), len(self)
+        return negation_share(self.flat, negation, neighbours) >= 0.5 * n / (n + m)
+
+    def check_against(self, negation: NegationSet) -> None:
+        """Raise :class:`ReferenceSetError` unless item shapes match and some items are not covered by the negation set."""
+        if bool(self.covered_by(negation).all()):
+            raise ReferenceSetError("the reference set is entirely covered by the negation set: it holds no allowed "
+                                    "content to substitute (give images of allowed content)")
+
+    @classmethod
+    def from_samples(cls, samples: Tensor, negation: NegationSet, **kwargs: Any) -> ReferenceSet:
+        """Model samples (e.g. under the null condition) minus those the negation set covers."""
+        ref = cls(samples, **kwargs)
+        covered = ref.covered_by(negation)
+        if bool(covered.all()):
+            raise ReferenceSetError("every sample is covered by the negation set: nothing is left as reference")
+        meta = {**ref.metadata, "dropped_covered": int(covered.sum()), "samples": len(ref)}
+        return cls(samples[~covered], space=ref.space, source=ref.source, metadata=meta)
+
+
+def posterior_spread(sigma: Tensor, sigma_data: float) -> Tensor:
+    """tau(sigma) = sigma s_d / sqrt(sigma^2 + s_d^2): the posterior std of x0 given x = x0 + sigma n for data of
+    per-coordinate scale s_d (exact for Gaussian data; -> sigma at small sigma, -> s_d at large sigma)."""
+    return sigma * sigma_data / torch.sqrt(sigma**2 + sigma_data**2)
+
+
+class ConditionalCorrection(Correction):
+    """Mode ``conditional``: condition-aware substitution with one shared :class:`ReferenceSet` (module docstring).
+    Knobs: ``gain`` g (prior odds of unsafe content; main knob), ``bandwidth_scale`` (kernel width in units of
+    tau(sigma)), ``sigma_data`` s_d, ``update`` ('posterior', 'substitute' or 'replace'), ``heading`` (1 = off),
+    ``log_threshold`` (acts where the log-odds of unsafe > it), ``window``. Diagnostics: ``weight`` r, ``log_odds``, ``bandwidth``, ``log_kernel_mass``,
+    ``max_kernel_weight`` (of the negation set).
+
+    ``acts_on_guided = True``: the correction is nonlinear in x0, so a pipeline hook must apply it to the guided x0
+    of classifier-free guidance, not to each branch.
+    """
+
+    acts_on_guided = True
+
+    def __init__(self, negation: NegationSet, reference: ReferenceSet, *, gain: float = 1.0, bandwidth_scale: float = 1.0,
+                 sigma_data: float = 0.5, update: str = "posterior", log_threshold: float = -math.inf, heading: float = 1.0,
+                 check_reference: bool = True, **kwargs: Any):
+        super().__init__(negation, **kwargs)
+        if not isinstance(reference, NegationSet):
+            raise ReferenceSetError(f"the conditional mode needs a ReferenceSet of allowed items, got {type(reference).__name__}")
+        if not isinstance(reference, ReferenceSet):
+            reference = ReferenceSet(reference.data, space=reference.space, source=reference.source,
+                                     metadata=reference.metadata, validate=False)
+        if reference.item_shape != negation.item_shape:
+            raise ReferenceSetError(f"reference set has item shape {reference.item_shape} but the negation set has "
+                                    f"{negation.item_shape}; encode both the same way")
+        if reference.space != negation.space:
+            raise ReferenceSetError(f"reference set lives in space {reference.space!r} but the negation set in "
+                                    f"{negation.space!r}; encode both the same way")
+        if check_reference:
+            reference.check_against(negation)
+        if not gain >= 0 or not math.isfinite(gain):
+            raise ValueError(f"gain must be a finite number >= 0, got {gain}")
+        if not bandwidth_scale > 0 or not math.isfinite(bandwidth_scale):
+            raise ValueError(f"bandwidth_scale must be a finite number > 0, got {bandwidth_scale}")
+        if not sigma_data > 0 or not math.isfinite(sigma_data):
+            raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data}")
+        if update not in UPDATES:
+            raise ValueError(f"unknown update {update!r}; choose one of {UPDATES}")
+        self.reference, self.gain, self.bandwidth_scale = reference, gain, bandwidth_scale
+        self.sigma_data, self.update, self.log_threshold, self.heading = sigma_data, update, log_threshold, heading
+
+    @property
+    def is_identity(self) -> bool:
+        return self.gain == 0 or super().is_identity
+
+    def bandwidth(self, sigma: Tensor) -> Tensor:
+        """h(sigma) = bandwidth_scale * tau(sigma)."""
+        return self.bandwidth_scale * posterior_spread(sigma, self.sigma_data)
+
+    def propose(self, x: Tensor, sigma: Tensor, x0: Tensor) -> Proposal:
+        if self.reference.device != x0.device:
+            self.reference = self.reference.to(x0.device)
+        h = self.bandwidth(sigma)
+        probe = x0
+        if self.heading > 1:
+            amp = ((self.sigma_data**2 + sigma**2) / sigma**2).clamp(max=self.heading)
+            probe = x + amp[:, None] * (x0 - x)
+        neg = self.negation.moments(probe, h, chunk_size=self.chunk_size)
+        ref = self.reference.moments(probe, h, chunk_size=self.chunk_size)
+        log_odds = (math.log(self.gain) + neg.log_mass - math.log(len(self.negation))
+                    - ref.log_mass + math.log(len(self.reference)))
+        if self.update == "posterior":
+            neg = self.negation.moments(x, sigma, chunk_size=self.chunk_size)
+            ref = self.reference.moments(x, sigma, chunk_size=self.chunk_size)
+        elif probe is not x0:
+            neg = self.negation.moments(x0, h, chunk_size=self.chunk_size)
+            ref = self.reference.moments(x0, h, chunk_size=self.chunk_size)
+        r = torch.sigmoid(log_odds)[:, None]
+        target = x0 if self.update == "replace" else neg.mean
+        return Proposal(x0 + r * (ref.mean - target), log_odds > self.log_threshold,
+                        {"weight": r[:, 0], "log_odds": log_odds, "bandwidth": h, "log_kernel_mass": neg.log_mass,
+                         "max_kernel_weight": torch.exp(neg.max_logit - neg.log_mass)})
+
+
+class SafeClassifierFreeGuidance:
+    """Classifier-free guidance of safe denoisers: N' + w (C' - N'), with C' = correction(x, sigma, D(x, sigma, c))
+    and N' = correction(x, sigma, D(x, sigma, null)) (paper Eq. 8: the safe denoiser inside CFG). With a
+    condition-aware correction each branch gets its own weight r, so an explicit request's conditional branch is
+    replaced while the null branch is corrected only where it predicts unsafe content. ``null`` are the keyword
+    arguments of the null condition (default ``class_labels=None``)."""
+
+    def __init__(self, denoiser: Any, correction: Correction, guidance: float, null: dict[str, Any] | None = None):
+        if not math.isfinite(guidance):
+            raise ValueError(f"guidance must be finite, got {guidance}")
+        self.denoiser, self.correction, self.guidance = denoiser, correction, float(guidance)
+        self.null = {"class_labels": None} if null is None else dict(null)
+
+    def __call__(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
+        c = self.correction(x, sigma, self.denoiser(x, sigma, **cond))
+        if self.guidance == 1.0:
+            return c
+        n = self.correction(x, sigma, self.denoiser(x, sigma, **self.null))
+        return n + self.guidance * (c - n)

@@ -1,0 +1,153 @@
+"""The conditional mode against exact class-conditional Gaussian mixtures (closed-form conditional and safe denoisers)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from safedenoiser import NegationSet, karras_sigmas, make_correction, make_mixture
+from safedenoiser.methods import MODES, ConditionalCorrection, ReferenceSet, ReferenceSetError, posterior_spread
+from safedenoiser.methods.conditional import SafeClassifierFreeGuidance
+from safedenoiser.metrics import median_bandwidths, mmd
+from safedenoiser.models.conditional_mixture import ConditionalGaussianMixture
+from safedenoiser.sampling.samplers import heun
+
+torch.set_num_threads(1)
+UNSAFE = 0  # component 0 is negated
+EXPLICIT, PARTLY, SAFE_A, SAFE_B = range(4)  # class 0 = only component 0; class 1 = components 0, 1, 2; 2 and 3 safe
+
+
+def conditional_mixture(dim: int) -> tuple[ConditionalGaussianMixture, NegationSet, ReferenceSet]:
+    comp = make_mixture(dim, 8, std=0.15, seed=0)
+    weights = torch.zeros(4, 8, dtype=torch.float64)
+    weights[EXPLICIT, 0] = 1
+    weights[PARTLY, [0, 1, 2]] = torch.tensor([0.4, 0.3, 0.3], dtype=torch.float64)
+    weights[SAFE_A, [3, 4]] = 0.5
+    weights[SAFE_B, [5, 6, 7]] = 1 / 3
+    model = ConditionalGaussianMixture(comp, weights, unsafe=[UNSAFE])
+    gen = torch.Generator().manual_seed(0)
+    negation = NegationSet(comp.restrict([UNSAFE]).sample(500, gen)[0])
+    reference = ReferenceSet(model.safe_marginal().sample(800, gen)[0])  # allowed content, shared by every class
+    return model, negation, reference
+
+
+def sample_class(denoiser, dim: int, c: int, n: int = 200, steps: int = 30) -> torch.Tensor:
+    sigmas = karras_sigmas(steps, 0.002, 10.0)
+    x = torch.randn(n, dim, generator=torch.Generator().manual_seed(100 + c), dtype=torch.float64) * sigmas[0]
+    return heun(denoiser, x, sigmas, cond={"class_labels": torch.full((n,), c)})
+
+
+def mmd_to(samples: torch.Tensor, target) -> float:
+    exact = target.sample(len(samples), torch.Generator().manual_seed(7))[0]
+    return mmd(samples, exact, median_bandwidths(exact))
+
+
+# -- the oracle -------------------------------------------------------------------------------------------------
+def test_conditional_mixture_oracle():
+    model, _, _ = conditional_mixture(2)
+    x = torch.randn(6, 2, dtype=torch.float64)
+    sigma = torch.full((6,), 0.7, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 2, 3, 1, -1])
+    got = model.denoise(x, sigma, labels)
+    for i, c in enumerate(labels.tolist()):
+        mix = model.marginal() if c < 0 else model.class_mixture(c)
+        torch.testing.assert_close(got[i], mix.denoise(x[i : i + 1], 0.7)[0])
+    # CFG with w = 1 is the conditional; the null branch is the class-prior average of the classes
+    torch.testing.assert_close(model.guided(1.0)(x, sigma, labels), got)
+    null_w = sum(model.class_prior[c] * model.class_weights[c] for c in range(4))
+    torch.testing.assert_close(model.null_weights, null_w)
+    assert model.safe_class(EXPLICIT) is None
+    safe = model.safe_class(PARTLY)
+    torch.testing.assert_close(safe.weights, torch.tensor([0.5, 0.5], dtype=torch.float64))
+
+
+# -- the estimator against an explicit loop ----------------------------------------------------------------------
+def explicit_conditional(x, sigma, x0, neg, ref, gain, sigma_data):
+    out = []
+    for b in range(x.shape[0]):
+        h = sigma * sigma_data / math.sqrt(sigma**2 + sigma_data**2)
+        lk_n = -((x0[b] - neg) ** 2).sum(1) / (2 * h**2)
+        lk_r = -((x0[b] - ref) ** 2).sum(1) / (2 * h**2)
+        log_odds = math.log(gain) + torch.logsumexp(lk_n, 0) - math.log(len(neg)) - torch.logsumexp(lk_r, 0) + math.log(len(ref))
+        r = torch.sigmoid(log_odds)
+        q_n, q_r = -((x[b] - neg) ** 2).sum(1) / (2 * sigma**2), -((x[b] - ref) ** 2).sum(1) / (2 * sigma**2)
+        e_n = (torch.softmax(q_n, 0)[:, None] * neg).sum(0)
+        e_r = (torch.softmax(q_r, 0)[:, None] * ref).sum(0)
+        out.append(x0[b] + r * (e_r - e_n))
+    return torch.stack(out)
+
+
+def test_conditional_mode_matches_explicit_formula():
+    model, negation, reference = conditional_mixture(4)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    x0 = model.denoise(x, 0.6, torch.tensor([0, 1, 2, 3, 0]))
+    seen = {}
+    correction = make_correction(negation, "conditional", reference=reference, gain=2.0, sigma_data=0.4,
+                                 callback=seen.update)
+    got = correction(x, 0.6, x0)
+    torch.testing.assert_close(got, explicit_conditional(x, 0.6, x0, negation.flat, reference.flat, 2.0, 0.4))
+    assert {"weight", "log_odds", "bandwidth", "active", "sigma"} <= set(seen)
+    assert ((seen["weight"] >= 0) & (seen["weight"] <= 1)).all()
+    torch.testing.assert_close(seen["bandwidth"], posterior_spread(torch.full((5,), 0.6, dtype=torch.float64), 0.4))
+    assert "conditional" in MODES and isinstance(correction, ConditionalCorrection)
+    assert (correction.gain, correction.sigma_data, correction.update) == (2.0, 0.4, "posterior")
+    off = make_correction(negation, "conditional", reference=reference, gain=0.0)
+    assert off(x, 0.6, x0) is x0  # gain 0: bit-identical
+
+
+# -- the reference set ------------------------------------------------------------------------------------------
+def test_reference_set_validation(tmp_path):
+    _, negation, reference = conditional_mixture(2)
+    for bad, match in [(torch.empty(0, 2), "empty"), (torch.tensor([[0.0, math.nan]]), "NaN"),
+                       (torch.ones(3, 2, dtype=torch.long), "floating"), (torch.ones(3), "shape")]:
+        with pytest.raises(ReferenceSetError, match=match):
+            ReferenceSet(bad)
+    with pytest.raises(ReferenceSetError, match="entirely covered by the negation set"):
+        make_correction(negation, "conditional", reference=ReferenceSet(negation.data.clone()))
+    with pytest.raises(ReferenceSetError, match="item shape"):
+        make_correction(negation, "conditional", reference=ReferenceSet(torch.randn(5, 3)))
+    with pytest.raises(ValueError, match="update"):
+        make_correction(negation, "conditional", reference=reference, update="blend")
+    path = tmp_path / "ref.safetensors"
+    reference.save(path)
+    loaded = ReferenceSet.load(path)
+    assert torch.equal(loaded.data, reference.data) and loaded.metadata["role"] == "reference"
+    samples = torch.cat([negation.data[:50], reference.data[:200]])  # model samples, 20% unsafe
+    kept = ReferenceSet.from_samples(samples, negation)
+    assert kept.metadata["dropped_covered"] >= 45 and len(kept) >= 190
+
+
+# -- sampling: the exact answers -------------------------------------------------------------------------------
+@pytest.mark.parametrize("dim", [2, 64])
+def test_conditional_mode_on_exact_mixture(dim):
+    """CFG w = 1 (the exact conditional): explicit requests and the partly unsafe class lose their unsafe content,
+    the partly unsafe class moves towards the exact safe conditional, safe classes stay (nearly) as they were."""
+    model, negation, reference = conditional_mixture(dim)
+    plain = model.guided(1.0)
+    safe = SafeClassifierFreeGuidance(model, make_correction(negation, "conditional", reference=reference), 1.0)
+    out = {c: sample_class(safe, dim, c) for c in range(4)}
+    base = {c: sample_class(plain, dim, c) for c in range(4)}
+    unsafe = {c: float((model.component_of(out[c]) == UNSAFE).double().mean()) for c in range(4)}
+    assert float((model.component_of(base[EXPLICIT]) == UNSAFE).double().mean()) > 0.95
+    assert unsafe[EXPLICIT] <= 0.1 and unsafe[PARTLY] <= 0.02, unsafe
+    assert mmd_to(out[PARTLY], model.safe_class(PARTLY)) < 0.75 * mmd_to(base[PARTLY], model.safe_class(PARTLY))
+    # an explicit request receives allowed content, more of it near the request than uniform over the safe components
+    comp = model.component_of(out[EXPLICIT])
+    nearest = model.components.means[1:].sub(model.components.means[0]).norm(dim=1).argsort()[:2] + 1
+    assert float(torch.isin(comp, nearest).double().mean()) > 2 / 7
+    for c in (SAFE_A, SAFE_B):
+        assert unsafe[c] == 0
+        assert mmd_to(out[c], model.safe_class(c)) < mmd_to(base[c], model.safe_class(c)) + (0.2 if dim == 2 else 0.02)
+
+
+def test_guided_requests_in_two_dimensions():
+    """CFG w = 2 with the safe denoiser in both branches (2-D): explicit and partly unsafe requests lose their unsafe
+    content; explicit requests land on the allowed components nearest to the request."""
+    model, negation, reference = conditional_mixture(2)
+    safe = SafeClassifierFreeGuidance(model, make_correction(negation, "conditional", reference=reference), 2.0)
+    explicit, partly = sample_class(safe, 2, EXPLICIT), sample_class(safe, 2, PARTLY)
+    assert float((model.component_of(explicit) == UNSAFE).double().mean()) <= 0.02
+    assert float((model.component_of(partly) == UNSAFE).double().mean()) <= 0.02
+    assert float(torch.isin(model.component_of(explicit), torch.tensor([1, 7])).double().mean()) > 0.7

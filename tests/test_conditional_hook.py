@@ -1,0 +1,87 @@
+"""The hook's guided-x0 path for condition-aware corrections, on a tiny random-weight SD pipeline."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+sys.path.insert(0, str(Path(__file__).parent))
+torch.set_num_threads(1)
+
+from test_pipelines_hook import STEPS, _expected_x0, run, with_scheduler  # noqa: E402
+from tiny_pipelines import IMAGE_SIZE, tiny_sd  # noqa: E402
+
+from safedenoiser import NegationSet, make_correction  # noqa: E402
+from safedenoiser.methods import ReferenceSet  # noqa: E402
+from safedenoiser.pipelines import attach_safe_denoiser  # noqa: E402
+
+SHAPE = (4, IMAGE_SIZE // 2, IMAGE_SIZE // 2)
+
+
+@pytest.fixture(scope="module")
+def sd(tmp_path_factory):
+    return tiny_sd(tmp_path_factory.mktemp("sd"))
+
+
+@pytest.fixture(scope="module")
+def sets():
+    gen = torch.Generator().manual_seed(1)
+    negation = NegationSet(torch.randn(20, *SHAPE, generator=gen))
+    reference = ReferenceSet(torch.randn(30, *SHAPE, generator=gen) + 0.5)
+    return negation, reference
+
+
+KNOBS = {"mode": "conditional", "gain": 1e6, "sigma_data": 5.0}  # r well inside (0, 1) on these random latents
+
+
+@pytest.mark.parametrize("guidance", [1.0, 4.0])
+def test_scheduler_uses_the_corrected_guided_x0(sd, sets, guidance):
+    """With CFG the scheduler's x0 is correction(guided x0), not the guidance of corrected branches."""
+    negation, reference = sets
+    pipe = with_scheduler(sd, "DDIMScheduler", prediction_type="epsilon")
+    raw, checked = [], []
+    spy = pipe.unet.register_forward_hook(lambda m, a, kw, out: raw.append((out[0] if isinstance(out, tuple) else out.sample).clone()), with_kwargs=True)
+    sched = pipe.scheduler
+    correction = make_correction(negation, reference=reference, **KNOBS)
+
+    def step(model_output, timestep, sample, *args, **kwargs):
+        branches = raw.pop()
+        plain = branches if guidance == 1.0 else branches[:1] + guidance * (branches[1:] - branches[:1])
+        x0, x, sigma = _expected_x0("ddim", sched, timestep, sample, plain)
+        used, _, _ = _expected_x0("ddim", sched, timestep, sample, model_output)
+        checked.append((used, correction(x, sigma, x0), x0))
+        return type(sched).step(sched, model_output, timestep, sample, *args, **kwargs)
+
+    sched.step = step
+    try:
+        with attach_safe_denoiser(pipe, negation, reference=reference, **KNOBS) as handle:
+            run(pipe, guidance=guidance)
+            assert len(handle.trace) == STEPS and handle.trace[0]["active"].shape == (1,)
+    finally:
+        spy.remove()
+        del sched.step
+    assert len(checked) == STEPS
+    for used, expected, plain in checked:
+        torch.testing.assert_close(used, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    assert any((expected - plain).abs().max() > 1e-3 for _, expected, plain in checked)
+
+
+def test_inactive_is_bit_identical_and_branches_path_differs(sd, sets):
+    negation, reference = sets
+    pipe = with_scheduler(sd, "DDIMScheduler", prediction_type="epsilon")
+    plain = run(pipe, guidance=3.0)
+    with attach_safe_denoiser(pipe, negation, **{**KNOBS, "gain": 0.0}, reference=reference):
+        assert torch.equal(run(pipe, guidance=3.0), plain)
+    with attach_safe_denoiser(pipe, negation, reference=reference, **KNOBS):
+        guided = run(pipe, guidance=3.0)
+    with attach_safe_denoiser(pipe, negation, reference=reference, guidance="branches", **KNOBS):
+        branches = run(pipe, guidance=3.0)
+    assert torch.isfinite(guided).all() and not torch.equal(guided, plain) and not torch.equal(guided, branches)
+    assert torch.equal(run(pipe, guidance=3.0), plain)  # detached
+    with pytest.raises(ValueError, match="guidance path"):
+        attach_safe_denoiser(pipe, negation, guidance="after", reference=reference, **KNOBS)
