@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -21,7 +22,14 @@ ROWS: list[dict] = []
 def record(group: str, entry: str, case: str, outcome: str, **extra) -> None:
     """One row: ``group`` (fuzz, cli, kill, concurrency, security ...), the ``entry`` point, the ``case`` tried
     and the ``outcome`` (the one-line error, or what held)."""
-    ROWS.append({"group": group, "entry": entry, "case": case, "outcome": " ".join(str(outcome).split()), **extra})
+    ROWS.append({"group": group, "entry": entry, "case": case, "outcome": _portable(" ".join(str(outcome).split())), **extra})
+
+
+def _portable(text: str) -> str:
+    """Test folders and this checkout's path replaced by placeholders, so the table does not depend on the machine."""
+    text = re.sub(r"/tmp/pytest-of-[^/]+/pytest-\d+/[^/\s']+", "<tmp>", text)
+    text = re.sub(r"/tmp/safedenoiser-unreadable-[^/\s']+", "<tmp>", text)
+    return text.replace(str(Path(__file__).resolve().parents[1]) + "/", "")
 
 
 def flush() -> None:

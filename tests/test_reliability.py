@@ -275,7 +275,7 @@ def test_cli_errors_are_one_line(files, model_dir, tmp_path, capsys):
             code = exit_.code
         err = capsys.readouterr().err.strip()
         lines = [line for line in err.splitlines() if line.startswith("safe-denoiser")]  # not the progress bars
-        reliability_table.record("cli", "safe-denoiser " + case.split(" ")[0] + (" build" if case.startswith("negation") else ""),
+        reliability_table.record("cli", "safe-denoiser " + " ".join(case.split(":")[0].split(" ")[: 2 if case.startswith(("negation", "bench")) else 1]),
                                  case, f"exit {code}: {lines[-1] if lines else '(nothing)'}")
         if code != 2 or len(lines) != 1 or expected not in lines[0] or "Traceback" in err:
             failures.append(f"{case}: exit {code}: {err}")
@@ -519,3 +519,24 @@ def test_outputs_follow_the_umask_and_temp_names_are_unique(tmp_path):
     assert all(f".{host}.{os.getpid()}." in n for n in names)
     reliability_table.record("smaller", "NegationSet.save / fileio", "umask 022", "files 0644 (safetensors alone gives 0600)")
     reliability_table.record("smaller", "fileio.temp_path", "100 temporary names", "unique: .NAME.HOST.PID.RANDOM.tmp")
+
+
+def test_generate_refuses_to_write_nan_images(tmp_path):
+    """A pipeline whose output overflowed (NaN pixels, as float16 at weight 1e6 did) stops the run with an error
+    naming the item; no black PNG is written and the items before it are kept."""
+    from types import SimpleNamespace
+
+    from safedenoiser.pipelines.generate import PromptItem, generate
+
+    def pipe(prompts, generator, **kwargs):
+        assert kwargs["output_type"] == "np"
+        seed = generator[0].initial_seed()
+        value = np.nan if seed == 2 else 0.5
+        return SimpleNamespace(images=np.full((len(prompts), 4, 4, 3), value, dtype=np.float32))
+
+    items = [PromptItem(i, f"p{i}", seed=i + 1) for i in range(3)]
+    with pytest.raises(ValueError, match="item 1 .*NaN or infinite pixels") as info:
+        generate(pipe, items, tmp_path / "out", steps=1, progress=False, rank=0, world_size=1)
+    assert sorted(p.name for p in (tmp_path / "out" / "images").iterdir()) == ["000000.png"]
+    reliability_table.record("numerics", "generate()", "the pipeline returns NaN pixels for item 1 (float16 overflow)",
+                             f"ValueError: {info.value}; item 0 kept, nothing written for item 1")

@@ -133,6 +133,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     state_path = out / "state.pt"
     step, wall, loss_avg, history = 0, 0.0, float("nan"), []
+    (out / "model.safetensors.tmp").unlink(missing_ok=True)  # left by a kill during the export (one writer per folder)
+    fileio.remove_stale_temps(out)
     if state_path.is_file():
         state = load_state(state_path)
         if list(state["config"]["widths"]) != list(cfg.widths) or state["config"]["conditional"] != cfg.conditional:

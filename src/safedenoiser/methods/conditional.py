@@ -38,7 +38,8 @@ its own r) or, in a diffusers pipeline, the hook's guided-x0 path (``attach_safe
 from __future__ import annotations
 
 import math
-from typing import Any
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor
@@ -48,6 +49,7 @@ from .base import Correction, Proposal
 from .calibration import negation_share
 
 UPDATES = ("posterior", "substitute", "replace")
+ESTIMATORS = ("latch", "x0", "projection")
 
 
 class ReferenceSetError(ValueError):
@@ -139,7 +141,7 @@ class ConditionalCorrection(Correction):
 
     def __init__(self, negation: NegationSet, reference: ReferenceSet, *, gain: float = 1.0, bandwidth_scale: float = 1.0,
                  sigma_data: float = 0.5, update: str = "posterior", log_threshold: float = -math.inf, heading: float = 1.0,
-                 check_reference: bool = True, **kwargs: Any):
+                 estimator: str = "latch", gate: str = "none", latch_sigma: float = 0.0, check_reference: bool = True, **kwargs: Any):
         super().__init__(negation, **kwargs)
         if not isinstance(reference, NegationSet):
             raise ReferenceSetError(f"the conditional mode needs a ReferenceSet of allowed items, got {type(reference).__name__}")
@@ -162,8 +164,42 @@ class ConditionalCorrection(Correction):
             raise ValueError(f"sigma_data must be a finite number > 0, got {sigma_data}")
         if update not in UPDATES:
             raise ValueError(f"unknown update {update!r}; choose one of {UPDATES}")
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
         self.reference, self.gain, self.bandwidth_scale = reference, gain, bandwidth_scale
         self.sigma_data, self.update, self.log_threshold, self.heading = sigma_data, update, log_threshold, heading
+        self.estimator = estimator
+        self.gate, self.latch_sigma = gate, latch_sigma
+        self._states: dict[str, tuple[Tensor, Tensor]] = {}
+        self._stream = "default"
+
+    def reset(self) -> None:
+        """Forget the per-row priors of every stream (a new sampling run). Done automatically when a call's batch size
+        differs from the previous call's or a row's sigma goes up."""
+        self._states = {}
+
+    @contextmanager
+    def stream(self, name: str) -> Iterator[ConditionalCorrection]:
+        """Calls inside use the latch state of stream ``name`` (e.g. the null branch of CFG) instead of the default one."""
+        previous, self._stream = self._stream, name
+        try:
+            yield self
+        finally:
+            self._stream = previous
+
+    def _latch(self, sigma: Tensor, evidence: Tensor) -> Tensor:
+        """Per-row running maximum of ``evidence`` over the calls of this trajectory (stream); restarts on a new run."""
+        state = self._states.get(self._stream)
+        if state is not None:
+            prior, last = state
+            if prior.shape != evidence.shape or prior.device != evidence.device or bool((sigma > last * (1 + 1e-6)).any()):
+                state = None
+        if state is None:
+            prior = evidence
+        else:
+            prior = torch.where(sigma >= self.latch_sigma, torch.maximum(state[0], evidence), state[0])
+        self._states[self._stream] = (prior, sigma)
+        return prior
 
     @property
     def is_identity(self) -> bool:
@@ -181,21 +217,41 @@ class ConditionalCorrection(Correction):
         if self.heading > 1:
             amp = ((self.sigma_data**2 + sigma**2) / sigma**2).clamp(max=self.heading)
             probe = x + amp[:, None] * (x0 - x)
+        log_ratio = self._log_ratio  # log[(1/N) sum_n k(q, x_n)] - log[(1/M) sum_m k(q, y_m)]
         neg = self.negation.moments(probe, h, chunk_size=self.chunk_size)
         ref = self.reference.moments(probe, h, chunk_size=self.chunk_size)
-        log_odds = (math.log(self.gain) + neg.log_mass - math.log(len(self.negation))
-                    - ref.log_mass + math.log(len(self.reference)))
+        log_odds = math.log(self.gain) + log_ratio(neg, ref)
+        diagnostics = {"bandwidth": h}
+        if self.update == "posterior" or self.estimator != "x0":
+            neg_x = self.negation.moments(x, sigma, chunk_size=self.chunk_size)
+            ref_x = self.reference.moments(x, sigma, chunk_size=self.chunk_size)
+            if self.estimator == "latch":
+                prior = self._latch(sigma, log_odds)
+                log_odds = prior + log_ratio(neg_x, ref_x)
+                diagnostics["prior"] = prior
+            elif self.estimator == "projection":
+                axis = neg_x.mean - ref_x.mean
+                share = ((x0 - ref_x.mean) * axis).sum(1) / (axis * axis).sum(1).clamp_min(torch.finfo(x0.dtype).tiny)
+                diagnostics["share"] = share
+                r_ = share.clamp(0.0, 1.0)
+                if self.gate == "latch":
+                    r_ = r_ * torch.sigmoid(self._latch(sigma, log_odds))
+                elif self.gate == "x0":
+                    r_ = r_ * torch.sigmoid(log_odds)
+                log_odds = torch.logit(r_)
         if self.update == "posterior":
-            neg = self.negation.moments(x, sigma, chunk_size=self.chunk_size)
-            ref = self.reference.moments(x, sigma, chunk_size=self.chunk_size)
+            neg, ref = neg_x, ref_x
         elif probe is not x0:
             neg = self.negation.moments(x0, h, chunk_size=self.chunk_size)
             ref = self.reference.moments(x0, h, chunk_size=self.chunk_size)
         r = torch.sigmoid(log_odds)[:, None]
         target = x0 if self.update == "replace" else neg.mean
         return Proposal(x0 + r * (ref.mean - target), log_odds > self.log_threshold,
-                        {"weight": r[:, 0], "log_odds": log_odds, "bandwidth": h, "log_kernel_mass": neg.log_mass,
-                         "max_kernel_weight": torch.exp(neg.max_logit - neg.log_mass)})
+                        {"weight": r[:, 0], "log_odds": log_odds, "log_kernel_mass": neg.log_mass,
+                         "max_kernel_weight": torch.exp(neg.max_logit - neg.log_mass), **diagnostics})
+
+    def _log_ratio(self, neg: Any, ref: Any) -> Tensor:
+        return neg.log_mass - math.log(len(self.negation)) - ref.log_mass + math.log(len(self.reference))
 
 
 class SafeClassifierFreeGuidance:
@@ -215,5 +271,7 @@ class SafeClassifierFreeGuidance:
         c = self.correction(x, sigma, self.denoiser(x, sigma, **cond))
         if self.guidance == 1.0:
             return c
-        n = self.correction(x, sigma, self.denoiser(x, sigma, **self.null))
+        stream = getattr(self.correction, "stream", None)
+        with stream("null") if stream is not None else nullcontext():
+            n = self.correction(x, sigma, self.denoiser(x, sigma, **self.null))
         return n + self.guidance * (c - n)

@@ -80,6 +80,19 @@ def negation_differences(pipe: Any, negation: NegationSet) -> list[str]:
         channels = getattr(vae.config, "latent_channels", None)
         if channels is not None and len(negation.item_shape) == 3 and negation.item_shape[0] != channels:
             diffs.append(f"latent channels: negation set {negation.item_shape[0]}, pipeline VAE {channels}")
+        if "pixel_pipeline" in meta:
+            diffs.append(f"the negation set holds pixels of a {meta['pixel_pipeline']} but this pipeline denoises VAE "
+                         "latents; build the set with this pipeline (safe-denoiser negation build --model ...)")
+    else:
+        if any(key.startswith("vae_") for key in meta):
+            diffs.append(f"the negation set holds VAE latents of {meta.get('model', '?')!r} but {type(pipe).__name__} "
+                         "works in pixel space; build the set with this pipeline")
+        config = getattr(getattr(pipe, "unet", None), "config", None)
+        if config is not None and "pixel_sample_size" in meta:
+            mine = (getattr(config, "in_channels", None), getattr(config, "sample_size", None))
+            theirs = (meta.get("pixel_channels"), meta.get("pixel_sample_size"))
+            if mine != theirs:
+                diffs.append(f"pixel sets: negation set has (channels, size) {theirs}, pipeline UNet {mine}")
     return diffs
 
 

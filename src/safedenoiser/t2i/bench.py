@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..fileio import write_with
 from ..images.common import save_grid, write_json, write_text
 from ..images.data import FASHION_CLASSES
 from ..methods import Correction, SparseRepellency, Window, make_correction
@@ -358,10 +359,8 @@ def plot_tradeoff(rows: Sequence[T2IRow], path: Path, title: str) -> None:
     axes[1].legend(fontsize=7, ncol=2)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
-    tmp.replace(path)
 
 
 def write_t2i_report(out: Path, bench: TextToImageBench, rows: Sequence[T2IRow], config: dict[str, Any]) -> dict[str, Any]:

@@ -152,6 +152,10 @@ class FashionTextPipeline(_diffusers_pipeline_base()):
                                           if negative_prompt_embeds.shape[0] > 1 else negative_prompt_embeds,
                                           batch, "negative_prompt_embeds")
 
+        import inspect
+
+        accepts = inspect.signature(self.scheduler.step).parameters
+        step_kwargs = {"generator": generator} if "generator" in accepts else {}  # stochastic samplers: per-seed noise
         self.scheduler.set_timesteps(num_inference_steps, device=self.unet.device)
         timesteps = self.scheduler.timesteps
         shape = (batch, channels, size, size)
@@ -173,7 +177,7 @@ class FashionTextPipeline(_diffusers_pipeline_base()):
                     out = out_uncond + self._guidance_scale * (out_cond - out_uncond)
             else:
                 out = self.unet(model_in, t, encoder_hidden_states=step_cond).sample
-            latents = self.scheduler.step(out, t, latents, return_dict=False)[0]
+            latents = self.scheduler.step(out, t, latents, **step_kwargs, return_dict=False)[0]
             if callback_on_step_end is not None:
                 local = {"latents": latents, "prompt_embeds": cond, "negative_prompt_embeds": uncond}
                 updates = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
@@ -239,9 +243,13 @@ def save_shipped(pipe: FashionTextPipeline, folder: str | Path) -> Path:
     keep = [p for p in folder.iterdir() if p.suffix in (".md", ".png")] if folder.exists() else []
     for extra in keep:
         shutil.copy2(extra, tmp / extra.name)
+    old = folder.with_name(folder.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
     if folder.exists():
-        shutil.rmtree(folder)
+        folder.replace(old)  # a kill from here on leaves the previous export in .old, never a half-written folder
     tmp.replace(folder)
+    shutil.rmtree(old, ignore_errors=True)
     return folder
 
 

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
+from ..fileio import write_text
 from ..images.data import FASHION_CLASSES
 from .captions import CLASS_WORDS, held_out_captions, training_captions, words
 
@@ -148,10 +149,7 @@ def write_prompt_csv(rows: Sequence[PromptRow], path: str | Path) -> Path:
         if "score" in columns:
             record["score"] = "" if row.score is None else row.score
         writer.writerow(record)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(buffer.getvalue(), encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text(path, buffer.getvalue())
 
 
 def read_prompt_csv(path: str | Path) -> list[PromptRow]:

@@ -4,8 +4,8 @@ empty caption with probability ``caption_dropout`` (classifier-free guidance).
 
 Captions are drawn per image from :mod:`.captions` (templates x synonyms of its class); their MiniLM token
 embeddings are computed once. Resumable: ``<out>/state.pt`` (tensors, numbers and strings only, loaded with
-``weights_only=True``) every ``checkpoint_every`` steps; the EMA weights are exported as a complete
-``FashionTextPipeline`` folder ``<out>/pipeline``. Every ``eval_every`` steps the judge's accuracy on
+``weights_only=True``) every ``checkpoint_every`` steps; the EMA weights are exported as a
+``FashionTextPipeline`` folder ``<out>/pipeline`` (unet and scheduler; the text encoder comes from its package). Every ``eval_every`` steps the judge's accuracy on
 the requested class (training captions and held-out paraphrases) is logged to ``<out>/history.json``.
 """
 
@@ -22,9 +22,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from ..fileio import write_text, write_with
 from ..images.data import FASHION_CLASSES, load_data
 from .captions import held_out_captions, training_captions
-from .pipeline import FashionTextPipeline, sampling_scheduler, training_scheduler, unet_for_text
+from .pipeline import FashionTextPipeline, sampling_scheduler, save_shipped, training_scheduler, unet_for_text
 from .text import encode_prompts, load_minilm
 
 
@@ -165,7 +166,7 @@ def train_text(cfg: TextTrainConfig, progress: bool = True) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f"{loss_avg:.4f}", refresh=False)
         done = step >= cfg.steps or bool(cfg.time_limit_min and time.time() - start > 60 * cfg.time_limit_min)
-        if step % cfg.eval_every == 0 or done:
+        if cfg.eval_every and (step % cfg.eval_every == 0 or done):
             pipe = FashionTextPipeline(ema, sampling_scheduler(schedule), encoder, tokenizer)
             pipe.set_progress_bar_config(disable=True)
             if judge is None:
@@ -179,24 +180,17 @@ def train_text(cfg: TextTrainConfig, progress: bool = True) -> Path:
             history.append(entry)
             bar.write(json.dumps(entry))
         if step % cfg.checkpoint_every == 0 or done:
-            tmp = state_path.with_name("state.pt.tmp")
-            torch.save({"model": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                        "rng": gen.get_state(), "step": step, "wall": wall, "loss_avg": loss_avg,
-                        "history": json.dumps(history), "config": _plain(asdict(cfg))}, tmp)
-            tmp.replace(state_path)
+            state = {"model": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                     "rng": gen.get_state(), "step": step, "wall": wall, "loss_avg": loss_avg,
+                     "history": json.dumps(history), "config": _plain(asdict(cfg))}
+            write_with(state_path, lambda tmp: torch.save(state, tmp))
             pipe = FashionTextPipeline(ema, sampling_scheduler(schedule), encoder, tokenizer)
-            export = out / "pipeline"
-            pipe.save_pretrained(out / "pipeline.tmp")
+            export = save_shipped(pipe, out / "pipeline")
             info = {"command": cfg.command, "steps": step, "wall_time_s": round(wall, 1), "seed": cfg.seed,
                     "final_loss": round(loss_avg, 5), "batch_size": cfg.batch_size, "history": history,
                     "params": sum(p.numel() for p in unet.parameters()), "config": _plain(asdict(cfg))}
-            (out / "pipeline.tmp" / "training.json").write_text(json.dumps(info, indent=2))
-            if export.exists():
-                import shutil
-
-                shutil.rmtree(export)
-            (out / "pipeline.tmp").replace(export)
-            (out / "history.json").write_text(json.dumps(history, indent=2))
+            write_text(export / "training.json", json.dumps(info, indent=2))
+            write_text(out / "history.json", json.dumps(history, indent=2))
         if done:
             break
     bar.close()
