@@ -85,7 +85,7 @@ def test_conditional_mode_matches_explicit_formula():
     x0 = model.denoise(x, 0.6, torch.tensor([0, 1, 2, 3, 0]))
     seen = {}
     correction = make_correction(negation, "conditional", reference=reference, gain=2.0, sigma_data=0.4,
-                                 callback=seen.update)
+                                 estimator="x0", callback=seen.update)
     got = correction(x, 0.6, x0)
     torch.testing.assert_close(got, explicit_conditional(x, 0.6, x0, negation.flat, reference.flat, 2.0, 0.4))
     assert {"weight", "log_odds", "bandwidth", "active", "sigma"} <= set(seen)
@@ -93,6 +93,8 @@ def test_conditional_mode_matches_explicit_formula():
     torch.testing.assert_close(seen["bandwidth"], posterior_spread(torch.full((5,), 0.6, dtype=torch.float64), 0.4))
     assert "conditional" in MODES and isinstance(correction, ConditionalCorrection)
     assert (correction.gain, correction.sigma_data, correction.update) == (2.0, 0.4, "posterior")
+    default = make_correction(negation, "conditional", reference=reference)
+    assert (default.estimator, default.gate, default.update) == ("projection", "latch", "posterior")
     off = make_correction(negation, "conditional", reference=reference, gain=0.0)
     assert off(x, 0.6, x0) is x0  # gain 0: bit-identical
 
@@ -110,6 +112,10 @@ def test_reference_set_validation(tmp_path):
         make_correction(negation, "conditional", reference=ReferenceSet(torch.randn(5, 3)))
     with pytest.raises(ValueError, match="update"):
         make_correction(negation, "conditional", reference=reference, update="blend")
+    with pytest.raises(ValueError, match="estimator"):
+        make_correction(negation, "conditional", reference=reference, estimator="oracle")
+    with pytest.raises(ValueError, match="posterior update"):
+        make_correction(negation, "conditional", reference=reference, update="substitute")
     path = tmp_path / "ref.safetensors"
     reference.save(path)
     loaded = ReferenceSet.load(path)
@@ -132,22 +138,79 @@ def test_conditional_mode_on_exact_mixture(dim):
     unsafe = {c: float((model.component_of(out[c]) == UNSAFE).double().mean()) for c in range(4)}
     assert float((model.component_of(base[EXPLICIT]) == UNSAFE).double().mean()) > 0.95
     assert unsafe[EXPLICIT] <= 0.1 and unsafe[PARTLY] <= 0.02, unsafe
-    assert mmd_to(out[PARTLY], model.safe_class(PARTLY)) < 0.75 * mmd_to(base[PARTLY], model.safe_class(PARTLY))
-    # an explicit request receives allowed content, more of it near the request than uniform over the safe components
+    assert mmd_to(out[PARTLY], model.safe_class(PARTLY)) < 0.8 * mmd_to(base[PARTLY], model.safe_class(PARTLY))
+    # an explicit request receives allowed content, spread over the allowed components (at least uniform near the request)
     comp = model.component_of(out[EXPLICIT])
     nearest = model.components.means[1:].sub(model.components.means[0]).norm(dim=1).argsort()[:2] + 1
-    assert float(torch.isin(comp, nearest).double().mean()) > 2 / 7
-    for c in (SAFE_A, SAFE_B):
-        assert unsafe[c] == 0
-        assert mmd_to(out[c], model.safe_class(c)) < mmd_to(base[c], model.safe_class(c)) + (0.2 if dim == 2 else 0.02)
+    assert float(torch.isin(comp, nearest).double().mean()) > 0.25
+    for c in (SAFE_A, SAFE_B):  # measured cost of the default in 64-D: safe-class MMD 0.20 against 0.11 (docs/conditional.md)
+        assert unsafe[c] <= 0.02
+        assert mmd_to(out[c], model.safe_class(c)) < mmd_to(base[c], model.safe_class(c)) + (0.2 if dim == 2 else 0.15)
 
 
 def test_guided_requests_in_two_dimensions():
     """CFG w = 2 with the safe denoiser in both branches (2-D): explicit and partly unsafe requests lose their unsafe
-    content; explicit requests land on the allowed components nearest to the request."""
+    content, with the default and with the first version (x0 classifier, both branches), whose explicit requests land
+    on the allowed components nearest to the request."""
     model, negation, reference = conditional_mixture(2)
+    for knobs, where, near in [({}, "auto", 0.25), ({"estimator": "x0"}, "branches", 0.7)]:
+        correction = make_correction(negation, "conditional", reference=reference, **knobs)
+        safe = SafeClassifierFreeGuidance(model, correction, 2.0, where=where)
+        explicit, partly = sample_class(safe, 2, EXPLICIT), sample_class(safe, 2, PARTLY)
+        assert float((model.component_of(explicit) == UNSAFE).double().mean()) <= 0.02
+        assert float((model.component_of(partly) == UNSAFE).double().mean()) <= 0.02
+        assert float(torch.isin(model.component_of(explicit), torch.tensor([1, 7])).double().mean()) > near
+
+
+# -- the default estimator: projection on the unsafe axis, gated by a per-request latch ---------------------------
+def explicit_projection(x, sigma, x0, neg, ref, flag):
+    """x0 - r (E_neg - E_ref), r = flag * max(0, <x0 - E_ref, E_neg - E_ref> / |E_neg - E_ref|^2) (a plain loop)."""
+    out = []
+    for b in range(x.shape[0]):
+        e_n = (torch.softmax(-((x[b] - neg) ** 2).sum(1) / (2 * sigma**2), 0)[:, None] * neg).sum(0)
+        e_r = (torch.softmax(-((x[b] - ref) ** 2).sum(1) / (2 * sigma**2), 0)[:, None] * ref).sum(0)
+        d = e_n - e_r
+        share = max(0.0, float((x0[b] - e_r) @ d / (d @ d)))
+        out.append(x0[b] - flag[b] * share * d)
+    return torch.stack(out)
+
+
+def test_projection_latch_matches_explicit_formula_and_latches():
+    model, negation, reference = conditional_mixture(4)
+    labels = torch.tensor([0, 1, 2, 3, 0])
+    seen = {}
+    correction = make_correction(negation, "conditional", reference=reference, callback=seen.update)
+    x_hi = 3.0 * torch.randn(5, 4, dtype=torch.float64)
+    correction(x_hi, 3.0, model.denoise(x_hi, 3.0, labels))
+    first = seen["classifier_log_odds"].clone()
+    torch.testing.assert_close(seen["flag"], torch.sigmoid(first))
+    x = torch.randn(5, 4, dtype=torch.float64)
+    x0 = model.denoise(x, 0.6, labels)
+    got = correction(x, 0.6, x0)
+    latched = torch.maximum(first, seen["classifier_log_odds"])  # the running maximum over the trajectory
+    torch.testing.assert_close(seen["flag"], torch.sigmoid(latched))
+    torch.testing.assert_close(got, explicit_projection(x, 0.6, x0, negation.flat, reference.flat, torch.sigmoid(latched)))
+    # sigma going up (a new run) or another batch size resets the latch; reset() forgets it
+    correction(x, 0.9, x0)
+    torch.testing.assert_close(seen["flag"], torch.sigmoid(seen["classifier_log_odds"]))
+    correction(x[:3], 0.5, x0[:3])
+    torch.testing.assert_close(seen["flag"], torch.sigmoid(seen["classifier_log_odds"]))
+    correction(x, 0.4, x0)
+    correction.reset()
+    correction(x, 0.3, x0)
+    torch.testing.assert_close(seen["flag"], torch.sigmoid(seen["classifier_log_odds"]))
+    # the null branch keeps its own state
+    with correction.stream("null"):
+        correction(x_hi, 3.0, x0)
+    assert set(correction._states) == {"default", "null"}
+
+
+def test_explicit_requests_stopped_in_64d_with_guidance():
+    """The case the first version lost (98% unsafe): 64-D, CFG w = 2. The default (projection + latch on the guided
+    prediction) stops explicit requests and the unsafe part of the partly unsafe class; safe classes stay unsafe-free."""
+    model, negation, reference = conditional_mixture(64)
     safe = SafeClassifierFreeGuidance(model, make_correction(negation, "conditional", reference=reference), 2.0)
-    explicit, partly = sample_class(safe, 2, EXPLICIT), sample_class(safe, 2, PARTLY)
-    assert float((model.component_of(explicit) == UNSAFE).double().mean()) <= 0.02
-    assert float((model.component_of(partly) == UNSAFE).double().mean()) <= 0.02
-    assert float(torch.isin(model.component_of(explicit), torch.tensor([1, 7])).double().mean()) > 0.7
+    assert safe.where == "guided"
+    out = {c: sample_class(safe, 64, c, n=100, steps=20) for c in range(4)}
+    unsafe = {c: float((model.component_of(out[c]) == UNSAFE).double().mean()) for c in range(4)}
+    assert unsafe[EXPLICIT] <= 0.05 and unsafe[PARTLY] <= 0.02 and unsafe[SAFE_A] == unsafe[SAFE_B] == 0, unsafe

@@ -56,7 +56,7 @@ SWEEPS = {
     "negative": [0.5, 1.0, 2.0],
     "negative-class": [2.0],
 }
-COND_SWEEPS = {**SWEEPS, "conditional": [1.0, 10.0, 100.0], "paper": [1e300], "reference": [1.0], "calibrated": [1.0, 2.0], "calibrated-window": [1.0], "substitution": [1.0, 4.0],
+COND_SWEEPS = {**SWEEPS, "conditional": [1.0, 10.0], "paper": [1e300], "reference": [1.0], "calibrated": [1.0, 2.0], "calibrated-window": [1.0], "substitution": [1.0, 4.0],
                "spell": [0.05, 0.1], "negative-class": [1.5, 2.0, 3.0]}
 SIZES = {
     "default": Size(samples=256, steps=8, bank=512, negation=500, sweeps=SWEEPS),
@@ -391,6 +391,10 @@ def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGA
     for gain in size.sweeps.get("conditional", [1.0]):
         settings.append(Setting("conditional", "gain", gain, lambda g=gain: SafeClassifierFreeGuidance(
             model, make_correction(negation, "conditional", reference=reference, gain=g), guidance), cost=2.0))
+    for name, knobs, where in [("conditional-first", {"estimator": "x0"}, "branches"),
+                               ("conditional-prior-latch", {"estimator": "latch"}, "branches")]:
+        settings.append(Setting(name, "gain", 1.0, lambda k=knobs, wh=where: SafeClassifierFreeGuidance(
+            model, make_correction(negation, "conditional", reference=reference, **k), guidance, where=wh), cost=2.0))
     for weight in size.sweeps["negative-class"]:
         settings.append(Setting("negative-class", "guidance", weight, lambda w=weight:
                                 ClassifierFreeGuidance(model, w, negative_labels=label), cost=2.0))

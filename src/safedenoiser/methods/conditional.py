@@ -49,7 +49,8 @@ from .base import Correction, Proposal
 from .calibration import negation_share
 
 UPDATES = ("posterior", "substitute", "replace")
-ESTIMATORS = ("latch", "x0", "projection")
+ESTIMATORS = ("projection", "latch", "x0")
+GATES = ("latch", "none")
 
 
 class ReferenceSetError(ValueError):
@@ -141,7 +142,7 @@ class ConditionalCorrection(Correction):
 
     def __init__(self, negation: NegationSet, reference: ReferenceSet, *, gain: float = 1.0, bandwidth_scale: float = 1.0,
                  sigma_data: float = 0.5, update: str = "posterior", log_threshold: float = -math.inf, heading: float = 1.0,
-                 estimator: str = "latch", gate: str = "none", latch_sigma: float = 0.0, check_reference: bool = True, **kwargs: Any):
+                 estimator: str = "projection", gate: str = "latch", check_reference: bool = True, **kwargs: Any):
         super().__init__(negation, **kwargs)
         if not isinstance(reference, NegationSet):
             raise ReferenceSetError(f"the conditional mode needs a ReferenceSet of allowed items, got {type(reference).__name__}")
@@ -166,10 +167,13 @@ class ConditionalCorrection(Correction):
             raise ValueError(f"unknown update {update!r}; choose one of {UPDATES}")
         if estimator not in ESTIMATORS:
             raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+        if gate not in GATES:
+            raise ValueError(f"unknown gate {gate!r}; choose one of {GATES}")
+        if estimator == "projection" and update != "posterior":
+            raise ValueError(f"the projection estimator uses the posterior update (kernel means at x), got update={update!r}")
         self.reference, self.gain, self.bandwidth_scale = reference, gain, bandwidth_scale
         self.sigma_data, self.update, self.log_threshold, self.heading = sigma_data, update, log_threshold, heading
-        self.estimator = estimator
-        self.gate, self.latch_sigma = gate, latch_sigma
+        self.estimator, self.gate = estimator, gate
         self._states: dict[str, tuple[Tensor, Tensor]] = {}
         self._stream = "default"
 
@@ -194,10 +198,7 @@ class ConditionalCorrection(Correction):
             prior, last = state
             if prior.shape != evidence.shape or prior.device != evidence.device or bool((sigma > last * (1 + 1e-6)).any()):
                 state = None
-        if state is None:
-            prior = evidence
-        else:
-            prior = torch.where(sigma >= self.latch_sigma, torch.maximum(state[0], evidence), state[0])
+        prior = evidence if state is None else torch.maximum(state[0], evidence)
         self._states[self._stream] = (prior, sigma)
         return prior
 
@@ -217,57 +218,65 @@ class ConditionalCorrection(Correction):
         if self.heading > 1:
             amp = ((self.sigma_data**2 + sigma**2) / sigma**2).clamp(max=self.heading)
             probe = x + amp[:, None] * (x0 - x)
-        log_ratio = self._log_ratio  # log[(1/N) sum_n k(q, x_n)] - log[(1/M) sum_m k(q, y_m)]
-        neg = self.negation.moments(probe, h, chunk_size=self.chunk_size)
-        ref = self.reference.moments(probe, h, chunk_size=self.chunk_size)
-        log_odds = math.log(self.gain) + log_ratio(neg, ref)
-        diagnostics = {"bandwidth": h}
-        if self.update == "posterior" or self.estimator != "x0":
-            neg_x = self.negation.moments(x, sigma, chunk_size=self.chunk_size)
-            ref_x = self.reference.moments(x, sigma, chunk_size=self.chunk_size)
+        # the kernel classifier at the predicted x0: log g + log[(1/N) sum_n k_h(x0, x_n)] - log[(1/M) sum_m k_h(x0, y_m)]
+        log_odds = math.log(self.gain) + self._log_ratio(self.negation.moments(probe, h, chunk_size=self.chunk_size),
+                                                         self.reference.moments(probe, h, chunk_size=self.chunk_size))
+        diagnostics = {"bandwidth": h, "classifier_log_odds": log_odds}
+        neg = self.negation.moments(x, sigma, chunk_size=self.chunk_size)  # E_neg[x0|x], E_ref[x0|x]: bandwidth sigma
+        ref = self.reference.moments(x, sigma, chunk_size=self.chunk_size)
+        if self.estimator == "projection":
+            axis = neg.mean - ref.mean
+            share = ((x0 - ref.mean) * axis).sum(1) / (axis * axis).sum(1).clamp_min(torch.finfo(x0.dtype).tiny)
+            flag = torch.sigmoid(self._latch(sigma, log_odds)) if self.gate == "latch" else torch.ones_like(share)
+            r = share.clamp(min=0.0) * flag
+            log_odds = torch.logit(flag) + torch.log(share.clamp(min=0.0))  # acts where the request is flagged and heads to E_neg
+            diagnostics.update(share=share, flag=flag)
+        else:
             if self.estimator == "latch":
                 prior = self._latch(sigma, log_odds)
-                log_odds = prior + log_ratio(neg_x, ref_x)
+                log_odds = prior + self._log_ratio(neg, ref)
                 diagnostics["prior"] = prior
-            elif self.estimator == "projection":
-                axis = neg_x.mean - ref_x.mean
-                share = ((x0 - ref_x.mean) * axis).sum(1) / (axis * axis).sum(1).clamp_min(torch.finfo(x0.dtype).tiny)
-                diagnostics["share"] = share
-                r_ = share.clamp(0.0, 1.0)
-                if self.gate == "latch":
-                    r_ = r_ * torch.sigmoid(self._latch(sigma, log_odds))
-                elif self.gate == "x0":
-                    r_ = r_ * torch.sigmoid(log_odds)
-                log_odds = torch.logit(r_)
-        if self.update == "posterior":
-            neg, ref = neg_x, ref_x
-        elif probe is not x0:
-            neg = self.negation.moments(x0, h, chunk_size=self.chunk_size)
-            ref = self.reference.moments(x0, h, chunk_size=self.chunk_size)
-        r = torch.sigmoid(log_odds)[:, None]
+            r = torch.sigmoid(log_odds)
+            if self.update != "posterior":
+                neg = self.negation.moments(x0, h, chunk_size=self.chunk_size)
+                ref = self.reference.moments(x0, h, chunk_size=self.chunk_size)
         target = x0 if self.update == "replace" else neg.mean
-        return Proposal(x0 + r * (ref.mean - target), log_odds > self.log_threshold,
-                        {"weight": r[:, 0], "log_odds": log_odds, "log_kernel_mass": neg.log_mass,
+        return Proposal(x0 + r[:, None] * (ref.mean - target), log_odds > self.log_threshold,
+                        {"weight": r, "log_odds": log_odds, "log_kernel_mass": neg.log_mass,
                          "max_kernel_weight": torch.exp(neg.max_logit - neg.log_mass), **diagnostics})
 
     def _log_ratio(self, neg: Any, ref: Any) -> Tensor:
+        """log[(1/N) sum_n k(q, x_n)] - log[(1/M) sum_m k(q, y_m)] from the two sets' kernel moments at the same queries."""
         return neg.log_mass - math.log(len(self.negation)) - ref.log_mass + math.log(len(self.reference))
 
 
 class SafeClassifierFreeGuidance:
-    """Classifier-free guidance of safe denoisers: N' + w (C' - N'), with C' = correction(x, sigma, D(x, sigma, c))
-    and N' = correction(x, sigma, D(x, sigma, null)) (paper Eq. 8: the safe denoiser inside CFG). With a
-    condition-aware correction each branch gets its own weight r, so an explicit request's conditional branch is
-    replaced while the null branch is corrected only where it predicts unsafe content. ``null`` are the keyword
+    """Classifier-free guidance with a safe denoiser. ``where="guided"``: correction(x, sigma, N + w (C - N)), the
+    guided prediction corrected once (what the diffusers hook's guided path does); ``"branches"``: N' + w (C' - N'),
+    each branch corrected (paper Eq. 8), the null branch with its own latch state (stream ``"null"``). ``"auto"``
+    (default): ``guided`` for corrections marked ``acts_on_guided`` (the conditional mode), else ``branches``.
+    Correcting branches separately lets CFG extrapolate the null branch's correction (w > 1 turns N' - N into a push
+    towards the negation set for safe requests); correcting the guided prediction does not. ``null`` are the keyword
     arguments of the null condition (default ``class_labels=None``)."""
 
-    def __init__(self, denoiser: Any, correction: Correction, guidance: float, null: dict[str, Any] | None = None):
+    def __init__(self, denoiser: Any, correction: Correction, guidance: float, null: dict[str, Any] | None = None,
+                 where: str = "auto"):
         if not math.isfinite(guidance):
             raise ValueError(f"guidance must be finite, got {guidance}")
-        self.denoiser, self.correction, self.guidance = denoiser, correction, float(guidance)
+        if where not in ("auto", "branches", "guided"):
+            raise ValueError(f"where must be 'auto', 'branches' or 'guided', got {where!r}")
+        if where == "auto":
+            where = "guided" if getattr(correction, "acts_on_guided", False) else "branches"
+        self.denoiser, self.correction, self.guidance, self.where = denoiser, correction, float(guidance), where
         self.null = {"class_labels": None} if null is None else dict(null)
 
     def __call__(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
+        if self.where == "guided":
+            c = self.denoiser(x, sigma, **cond)
+            if self.guidance != 1.0:
+                n = self.denoiser(x, sigma, **self.null)
+                c = n + self.guidance * (c - n)
+            return self.correction(x, sigma, c)
         c = self.correction(x, sigma, self.denoiser(x, sigma, **cond))
         if self.guidance == 1.0:
             return c

@@ -43,8 +43,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     gen.add_argument("--prompts", required=True, help="CSV (prompt, seed, guidance, categories, ...) or text file")
     gen.add_argument("--out", required=True, help="output folder (images/, records/, records.jsonl)")
     gen.add_argument("--negation", default=None, help="negation set file; without it the plain pipeline runs")
-    gen.add_argument("--mode", choices=("paper", "reference"), default="paper",
-                     help="correction (the calibrated mode needs a sample bank: use the library)")
+    gen.add_argument("--mode", choices=("paper", "reference", "conditional"), default="paper",
+                     help="correction: 'conditional' (needs --reference) works with prompts and CFG; 'paper' and "
+                          "'reference' (the authors' code) as published; the calibrated / substitution modes need "
+                          "a sample bank: use the library")
+    gen.add_argument("--reference", default=None,
+                     help="conditional mode: a set of ALLOWED images encoded like the negation set "
+                          "(build it with `safe-denoiser negation build` on a folder of allowed images)")
+    gen.add_argument("--gain", type=positive_float, default=None,
+                     help="conditional mode: prior odds of negated content (default: the mode's default)")
     gen.add_argument("--eta", type=nonnegative_float, default=1.0, help="paper mode: w = eta * beta")
     gen.add_argument("--max-weight", type=positive_float, default=1e6, help="paper mode: weight clip")
     gen.add_argument("--scale", type=finite_float, default=0.1, help="reference mode: x0 <- x0 - scale * E_unsafe")
@@ -122,6 +129,9 @@ def run_generate(args: argparse.Namespace) -> int:
     if args.negation:
         if args.mode == "paper":
             params = {"eta": args.eta, "max_weight": args.max_weight, "log_threshold": args.log_threshold}
+        elif args.mode == "conditional":
+            params = {"reference": _reference_set(args.reference, pipe, check=not args.no_check),
+                      "log_threshold": args.log_threshold, **({"gain": args.gain} if args.gain is not None else {})}
         else:
             params = {"scale": args.scale, "bandwidth": args.bandwidth, "log_threshold": args.log_threshold}
         if args.window_t is not None:
@@ -131,6 +141,8 @@ def run_generate(args: argparse.Namespace) -> int:
         method = f"safe-denoiser/{args.mode}"
         params = {**params, "negation": str(args.negation), "window_t": args.window_t}
         params.pop("window", None)
+        if "reference" in params:
+            params["reference"] = str(args.reference)
     call = {k: v for k, v in (("height", args.height), ("width", args.width),
                               ("negative_prompt", args.negative_prompt)) if v is not None}
     counts = generate(pipe, items, args.out, hook=hook, method=method, parameters=params, steps=args.steps,
@@ -138,6 +150,23 @@ def run_generate(args: argparse.Namespace) -> int:
                       settings=_generate_settings(args), **call)
     print(json.dumps(counts))
     return 0
+
+
+def _reference_set(path: str | None, pipe: Any, check: bool = True) -> Any:
+    """The conditional mode's reference set, checked against the pipeline like a negation set."""
+    from ..methods import ReferenceSet
+    from ..negation import NegationSet, NegationSetError
+    from .hook import negation_differences
+
+    if not path:
+        raise ValueError("--mode conditional needs --reference: a set of allowed images encoded like the negation "
+                         "set (safe-denoiser negation build --images <allowed images>)")
+    loaded = NegationSet.load(path)
+    if check:
+        diffs = negation_differences(pipe, loaded)
+        if diffs:
+            raise NegationSetError("reference set does not match the pipeline: " + "; ".join(diffs))
+    return ReferenceSet(loaded.data, space=loaded.space, source=loaded.source, metadata=loaded.metadata)
 
 
 def _check_window_t(scheduler: Any, timestep: int) -> None:
@@ -155,8 +184,10 @@ def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
     if args.negation:
         from safetensors import safe_open
 
-        with safe_open(str(args.negation), framework="pt") as handle:  # already loaded and verified by the hook
-            settings["negation_hash"] = (handle.metadata() or {}).get("content_hash")
+        for key, path in (("negation_hash", args.negation), ("reference_hash", args.reference)):
+            if path:
+                with safe_open(str(path), framework="pt") as handle:  # already loaded and verified
+                    settings[key] = (handle.metadata() or {}).get("content_hash")
     return settings
 
 

@@ -150,6 +150,7 @@ class SafeDenoiserHook:
 
     def reset_trace(self) -> None:
         self.trace = []
+        self._last_x0 = None
 
     def summary(self, batch_size: int) -> list[dict[str, Any]]:
         """Per image of the last call(s) since :meth:`reset_trace`: ``steps_active`` (model calls where any of its
@@ -166,10 +167,32 @@ class SafeDenoiserHook:
                     stats[i]["steps_active"] += 1
                     if weight is not None:
                         stats[i]["weights"] += weight[:, i][active[:, i]].tolist()
+        nearest = self._nearest_negation(batch_size)
         out = []
-        for item in stats:
+        for i, item in enumerate(stats):
             w = item.pop("weights")
-            out.append({**item, "mean_weight": sum(w) / len(w) if w else 0.0, "max_weight": max(w) if w else 0.0})
+            out.append({**item, "mean_weight": sum(w) / len(w) if w else 0.0, "max_weight": max(w) if w else 0.0,
+                        **nearest[i]})
+        return out
+
+    def _nearest_negation(self, batch_size: int) -> list[dict[str, Any]]:
+        """Per image: the negation item nearest to the x0 of the last model call (its conditional branch, the
+        last ``batch_size`` rows), with its distance and, when the set records them, its image name."""
+        last = getattr(self, "_last_x0", None)
+        negation = self.correction.negation
+        if last is None or last.shape[0] < batch_size or tuple(last.shape[1:]) != negation.item_shape:
+            return [{} for _ in range(batch_size)]
+        from ..kernels import nearest_neighbours
+
+        rows = last[-batch_size:].reshape(batch_size, -1).to(negation.device, negation.dtype)
+        dist, index = nearest_neighbours(rows, negation.flat, 1)
+        names = [entry.get("name") for entry in negation.metadata.get("images", [])]
+        out = []
+        for d, i in zip(dist[:, 0].tolist(), index[:, 0].tolist()):
+            record = {"nearest_negation_index": int(i), "nearest_negation_distance": round(float(d), 4)}
+            if i < len(names) and names[i]:
+                record["nearest_negation_image"] = names[i]
+            out.append(record)
         return out
 
     def _record(self, diagnostics: dict[str, Tensor]) -> None:
@@ -255,14 +278,15 @@ class SafeDenoiserHook:
             return output  # pure noise (flow matching at s = 1) or no noise: x carries no VE position
         sigma = s / alpha
         self._sigma = sigma
+        x_in, out = sample.float(), pred.float()
+        x0 = _to_x0(prediction, x_in, out, alpha, s)
+        self._last_x0 = x0.detach()
         window = correction.window
         if not window.sigma_min <= sigma <= window.sigma_max:
             return output
         self._negation_for(tuple(pred.shape[1:]))
         if correction.negation.device != pred.device:
             correction.negation = correction.negation.to(pred.device)
-        x_in, out = sample.float(), pred.float()
-        x0 = _to_x0(prediction, x_in, out, alpha, s)
         if self._guided_branches(kwargs, x0.shape[0]):
             # classifier-free guidance with batch [uncond; cond]: correct the guided x0 and add the same change to
             # both branches; the CFG weights (1 - w, w) sum to one, so the scheduler's guided x0 is the corrected one
