@@ -214,3 +214,29 @@ def test_explicit_requests_stopped_in_64d_with_guidance():
     out = {c: sample_class(safe, 64, c, n=100, steps=20) for c in range(4)}
     unsafe = {c: float((model.component_of(out[c]) == UNSAFE).double().mean()) for c in range(4)}
     assert unsafe[EXPLICIT] <= 0.05 and unsafe[PARTLY] <= 0.02 and unsafe[SAFE_A] == unsafe[SAFE_B] == 0, unsafe
+
+
+def mixture_table(settings: dict, dims=(2, 64), guidances=(1.0, 2.0)) -> None:
+    """Print the docs/conditional.md mixture table: unsafe share and MMD to the exact safe conditional per class (for the
+    explicit class: the share on the two allowed components nearest the negated one)."""
+    for dim in dims:
+        model, negation, reference = conditional_mixture(dim)
+        nearest = (model.components.means[1:].sub(model.components.means[0]).norm(dim=1).argsort()[:2] + 1)
+        for w in guidances:
+            for name, (knobs, where) in settings.items():
+                den = model.guided(w) if knobs is None else SafeClassifierFreeGuidance(
+                    model, make_correction(negation, "conditional", reference=reference, **knobs), w, where=where)
+                cells = []
+                for c in range(4):
+                    out = sample_class(den, dim, c)
+                    comp = model.component_of(out)
+                    target = model.safe_class(c)
+                    second = mmd_to(out, target) if target is not None else float(torch.isin(comp, nearest).double().mean())
+                    cells.append(f"{float((comp == UNSAFE).double().mean()):.0%} / {second:.2f}")
+                print(f"| {dim}-D, w = {w:g} | {name} | " + " | ".join(cells) + " |", flush=True)
+
+
+if __name__ == "__main__":  # python tests/test_conditional.py
+    mixture_table({"plain": (None, "auto"), "default (projection + latch, guided)": ({}, "auto"),
+                   "prior latch (lead's proposal), branches": ({"estimator": "latch"}, "branches"),
+                   "first version (x0 classifier), branches": ({"estimator": "x0"}, "branches")})

@@ -7,14 +7,14 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from . import fileio
+
 
 def write_atomic(path: str | Path, data: str | bytes) -> None:
     """Write via a temporary file in the same folder and rename, so readers never see a partial file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    tmp.replace(path)
+    fileio.write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
 def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -12,6 +11,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .. import fileio
 from ..sampling import karras_sigmas, sample
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
@@ -64,19 +64,13 @@ def save_grid(images: Tensor, path: str | Path, nrow: int = 10, scale: int = 2) 
     img = Image.fromarray(grid_array(images, nrow))
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    tmp = path.with_name(path.name + ".tmp.png")
-    img.save(tmp)
-    os.replace(tmp, path)
-    return path
+    return fileio.write_with(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def write_text(path: str | Path, text: str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return path
+    return fileio.write_text(path, text)
 
 
 def write_json(path: str | Path, data: Any) -> Path:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..argtypes import positive_int
 from .benchmarks import Size, bench_memorisation, bench_uncond
 from .common import write_json, write_text
 
@@ -53,7 +54,7 @@ def register(subparsers) -> None:
                               description=__doc__.splitlines()[0])
     p.add_argument("--out", default="results/demo", help="output folder")
     p.add_argument("--quick", action="store_true", help="tiny smoke-test size")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=positive_int, default=2)
     p.set_defaults(run=_run)
 
 

@@ -17,8 +17,9 @@ from typing import Any, Sequence
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor, nn
+
+from .. import fileio
 
 CHECKPOINT_FORMAT = "safedenoiser.edm-unet2d"
 
@@ -99,11 +100,8 @@ class EDMUNet(nn.Module):
 
     def save(self, path: str | Path, info: dict[str, Any] | None = None) -> None:
         """safetensors with the config in the header, written atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.unet.state_dict().items()}
-        save_file(tensors, str(tmp), metadata=self.header(info))
-        tmp.replace(path)
+        fileio.save_safetensors(tensors, path, self.header(info))
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> EDMUNet:

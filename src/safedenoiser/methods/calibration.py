@@ -59,6 +59,8 @@ class Calibration:
         self.safe_bank = safe_bank
         self.safe_sq_norms = squared_norms(safe_bank)
         self.unsafe_share = unsafe_share
+        if radius is not None and not (math.isfinite(radius) and radius > 0):
+            raise ValueError(f"radius must be a finite number > 0, got {radius}")
         self.radius = radius
         self.bank_size = bank_size or safe_bank.shape[0]
 

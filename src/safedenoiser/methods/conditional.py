@@ -2,37 +2,33 @@
 
 For a condition c the exact safe denoiser is E_safe[x0|x,c] = E[x0|x,c] + beta*(x,c) (E[x0|x,c] - E_unsafe[x0|x,c])
 (DESIGN section 8); beta*(x, c) needs densities per condition, which a bank per class or prompt cannot give. What
-carries the condition for free is the model's own prediction x0_hat = D(x, sigma, c). The mode ``conditional``:
+carries the condition for free is the model's own prediction x0_hat = D(x, sigma, c). Notation: x_n the negation set,
+y_m the reference set (allowed content, :class:`ReferenceSet`), E_neg[x0|x], E_ref[x0|x] their kernel (softmax) means
+at x with bandwidth sigma (the exact denoisers of the two empirical distributions), d = E_neg - E_ref.
 
-    r      = P(unsafe | x0_hat) = sigmoid( log g + log[(1/N) sum_n k_h(x0_hat, x_n)] - log[(1/M) sum_m k_h(x0_hat, y_m)] )
-    x0'    = x0_hat + r (E_ref[x0 | x] - E_neg[x0 | x])                                          (update 'posterior')
+Decomposition: if the unsafe content does not depend on the condition, E[x0|x,c] = (1-rho) E_safe[x0|x,c] + rho E_neg[x0|x]
+with rho = P(unsafe|x,c). Every estimator below forms x0' = x0_hat + r (E_ref[x0|x] - E_neg[x0|x]).
 
-* x_n the negation set, y_m the reference set (allowed content, :class:`ReferenceSet`), g the prior odds (``gain``).
-* r is a kernel classifier at the predicted x0: x0_hat is treated as a Gaussian observation x0 + tau n of a clean
-  item drawn from the prior g/(1+g) p_neg + 1/(1+g) p_ref, with tau(sigma) = sigma s_d / sqrt(sigma^2 + s_d^2) the
-  posterior spread at sigma for data of scale s_d; kernels k_h, h = bandwidth_scale * tau, on both sets, so the
-  Gaussian normalisers cancel in any dimension. r is exact for that observation model (N, M -> infinity).
-* E_neg[x0|x], E_ref[x0|x]: kernel (softmax) means at x with bandwidth sigma: the exact denoisers of the empirical
-  negation and reference distributions. If the unsafe content does not depend on the condition
-  (p_unsafe(x0|c) = p_neg), E_unsafe[x0|x,c] = E_neg[x0|x], and E[x0|x,c] = (1-rho) E_safe[x0|x,c] + rho E_neg[x0|x]
-  with rho = P(unsafe|x,c). With r = rho the update gives (1 - rho) E_safe[x0|x,c] + rho E_ref[x0|x]: the unsafe part
-  of the posterior is *substituted* by allowed content (bounded: never an extrapolation), which is the exact safe
-  denoiser when rho = 0 or when E_ref[x0|x] = E_safe[x0|x,c].
-* Explicit request (Z_s(c) = 0, rho = 1): E[x0|x,c] = E_neg[x0|x] exactly, so x0' = E_ref[x0|x] while r ~ 1: the
-  request is answered by the reference distribution's own denoiser, started from where the request had taken x:
-  allowed content near the request (on mixtures, the allowed components next to the negated one), never a crash or
-  an artefact. Its limit (measured, see docs/conditional.md): r is judged at x0_hat, and at low noise x0_hat ~ x
-  carries little of the condition; once x has left the negated region r falls, and the conditional branch pulls
-  back (64-D mixture, CFG 2: explicit requests stay unsafe). ``heading`` > 1 judges r at x + a (x0_hat - x),
-  a = min(heading, (s_d^2 + sigma^2) / sigma^2) (the local Gaussian mean the model heads for); measured: it fixes
-  explicit requests in 64-D but creates false positives, so it is off by default.
+* ``estimator="projection"`` (default): with E_safe ~ E_ref, rho is the coordinate of x0_hat on the axis d:
+  share = <x0_hat - E_ref, d> / |d|^2 (exact when E_safe[x0|x,c] = E_ref[x0|x]: then x0' = E_safe exactly), and
+  r = max(share, 0) * sigmoid(L), so x0' has E_ref's coordinate along d and keeps the rest of x0_hat: the part of the
+  prediction that heads from the allowed mean towards the unsafe mean is removed, nothing else (never beyond E_ref).
+  L (``gate="latch"``) is a per-request latch: the running maximum, over the calls of this trajectory, of the kernel
+  classifier log-odds at x0_hat, log g + log[(1/N) sum_n k_h(x0_hat, x_n)] - log[(1/M) sum_m k_h(x0_hat, y_m)],
+  h = bandwidth_scale * tau(sigma), tau the posterior spread: a request that looked unsafe at high noise (where the
+  prediction carries the condition) stays flagged; a request that never did is left alone even where its share is
+  biased (at low sigma E_ref collapses on single items). An explicit request (Z_s(c) = 0, x0_hat = E_neg) gets
+  share = 1, flag ~ 1: x0' = E_ref, at every sigma, so the conditional guidance cannot pull it back at low noise.
+* ``estimator="latch"`` (the lead's proposal, measured, not kept): r = sigmoid(L + log p_neg,sigma(x) - log p_ref,sigma(x)),
+  the posterior of a two-part mixture with per-request prior L, kernel densities at x. It loses explicit requests in
+  64-D: once x has left the negated region the x-space ratio wins over any prior (log-ratios of -10^4 at low sigma).
+* ``estimator="x0"`` (first version): r = sigmoid(classifier log-odds at x0_hat) with no latch; ``update`` 'substitute'
+  / 'replace' (means at x0_hat) and ``heading`` apply to it; see docs/conditional.md.
 
-Updates ``substitute`` (x0_hat + r (E_ref - E_neg) with both means at x0_hat, bandwidth h) and ``replace``
-(x0_hat + r (E_ref - x0_hat), at x0_hat) are kept for comparison: on mixtures they leave explicit requests at the
-boundary of the negated region (the nearest allowed item to a forbidden request is the least typical one).
-
-With classifier-free guidance, use :class:`SafeClassifierFreeGuidance` (the safe denoiser in both branches, each with
-its own r) or, in a diffusers pipeline, the hook's guided-x0 path (``attach_safe_denoiser(..., guidance=...)``).
+State: the latch keeps one per-row value per *stream* for the current trajectory; it restarts when the batch size
+changes or a row's sigma goes up (a new sampling run); :meth:`ConditionalCorrection.reset` forgets it. Classifier-free
+guidance: :class:`SafeClassifierFreeGuidance` corrects the guided prediction once by default (as the diffusers hook's
+guided path does), one state per request; with ``where="branches"`` the null branch uses its own stream ``"null"``.
 """
 
 from __future__ import annotations
@@ -129,10 +125,12 @@ def posterior_spread(sigma: Tensor, sigma_data: float) -> Tensor:
 
 class ConditionalCorrection(Correction):
     """Mode ``conditional``: condition-aware substitution with one shared :class:`ReferenceSet` (module docstring).
-    Knobs: ``gain`` g (prior odds of unsafe content; main knob), ``bandwidth_scale`` (kernel width in units of
-    tau(sigma)), ``sigma_data`` s_d, ``update`` ('posterior', 'substitute' or 'replace'), ``heading`` (1 = off),
-    ``log_threshold`` (acts where the log-odds of unsafe > it), ``window``. Diagnostics: ``weight`` r, ``log_odds``, ``bandwidth``, ``log_kernel_mass``,
-    ``max_kernel_weight`` (of the negation set).
+    Knobs: ``estimator`` ('projection' default, 'latch', 'x0'), ``gate`` ('latch' default, 'none'; projection only),
+    ``gain`` g (prior odds of the classifier), ``bandwidth_scale`` (classifier kernel width in units of tau(sigma)),
+    ``sigma_data`` s_d, ``update`` ('posterior'; 'substitute', 'replace' for the x0 estimator), ``heading`` (1 = off),
+    ``log_threshold`` (acts where ``log_odds`` > it), ``window``. Diagnostics: ``weight`` r, ``log_odds``,
+    ``classifier_log_odds``, ``bandwidth``, ``log_kernel_mass``, ``max_kernel_weight``; projection: ``share``, ``flag``;
+    latch: ``prior``.
 
     ``acts_on_guided = True``: the correction is nonlinear in x0, so a pipeline hook must apply it to the guided x0
     of classifier-free guidance, not to each branch.
