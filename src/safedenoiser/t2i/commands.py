@@ -27,6 +27,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prompts.add_argument("--bench-seeds", type=positive_int, default=4, help="seeds per explicit / evasive prompt")
     prompts.set_defaults(run=run_prompts)
 
+    ship = sub.add_parser("ship", help="copy a trained run's pipeline into the package (with a model card)")
+    ship.add_argument("--run", required=True, dest="run_dir", help="the --out folder of `safe-denoiser train --text`")
+    ship.add_argument("--to", default=None, help="target folder (default: the package's shipped pipeline)")
+    ship.set_defaults(run=run_ship)
+
     bench = bench_subparsers(subparsers).add_parser("t2i", help="text-to-image: every defence vs explicit and "
                                                                  "evasive prompts (shipped pipeline)")
     bench.add_argument("--quick", action="store_true", help="smoke-test size (< 1 minute)")
@@ -93,4 +98,13 @@ def run_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     result = bench_t2i(args.out, SIZES["quick" if args.quick else "default"], args.model)
     print(f"wrote {args.out}/results.md ({len(result['rows'])} settings)")
+    return 0
+
+
+def run_ship(args: argparse.Namespace) -> int:
+    from .card import ship_run
+    from .pipeline import SHIPPED
+
+    folder = ship_run(args.run_dir, args.to or SHIPPED)
+    print(f"shipped {args.run_dir} -> {folder}")
     return 0
