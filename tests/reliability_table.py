@@ -1,7 +1,7 @@
 """The reliability table: the reliability tests record every case (entry point, input, outcome) here; with
 ``SAFEDENOISER_RELIABILITY_TABLE=path`` set they append it to ``path`` (JSON lines), and
 
-    python tests/reliability_table.py path docs/reliability.md
+    python tests/reliability_table.py path README.md
 
 renders it as markdown between the ``<!-- reliability-table -->`` markers of the document.
 """
