@@ -83,5 +83,5 @@ def write_markdown(table: str | Path, document: str | Path) -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) != 3:
-        sys.exit("usage: python tests/reliability_table.py TABLE.jsonl docs/reliability.md")
+        sys.exit("usage: python tests/reliability_table.py TABLE.jsonl README.md")
     write_markdown(sys.argv[1], sys.argv[2])
