@@ -49,6 +49,16 @@ def model_dir(tmp_path_factory):
     return root / "sd"
 
 
+def _private_tqdm_lock() -> None:
+    """tqdm's write lock holds a multiprocessing semaphore shared with the parent after fork: a child killed while
+    holding it would leave the test process (and every later tqdm bar) blocked. Give the child its own lock."""
+    import threading
+
+    from tqdm import std
+
+    std.tqdm.set_lock(threading.RLock())  # subclasses (tqdm.auto, diffusers' bars) inherit the class attribute
+
+
 def _fork(argv: list[str], env: dict[str, str] | None = None) -> int:
     """Run ``safe-denoiser argv`` in a forked child (output discarded); returns its pid."""
     pid = os.fork()
@@ -59,6 +69,7 @@ def _fork(argv: list[str], env: dict[str, str] | None = None) -> int:
             os.dup2(null, 1)
             os.dup2(null, 2)
             os.environ.update(env or {})
+            _private_tqdm_lock()
             code = main(argv)
         finally:
             os._exit(code)

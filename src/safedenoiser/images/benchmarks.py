@@ -392,7 +392,9 @@ def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGA
         settings.append(Setting("conditional", "gain", gain, lambda g=gain: SafeClassifierFreeGuidance(
             model, make_correction(negation, "conditional", reference=reference, gain=g), guidance), cost=2.0))
     for name, knobs, where in [("conditional-first", {"estimator": "x0"}, "branches"),
-                               ("conditional-prior-latch", {"estimator": "latch"}, "branches")]:
+                               ("conditional-prior-latch", {"estimator": "latch"}, "branches"),
+                               ("conditional-v2", {"gate": "latch", "blend": "none"}, "auto"),
+                               ("conditional-blend-share", {"blend": "share"}, "auto")]:
         settings.append(Setting(name, "gain", 1.0, lambda k=knobs, wh=where: SafeClassifierFreeGuidance(
             model, make_correction(negation, "conditional", reference=reference, **k), guidance, where=wh), cost=2.0))
     for weight in size.sweeps["negative-class"]:

@@ -11,14 +11,21 @@ with rho = P(unsafe|x,c). Every estimator below forms x0' = x0_hat + r (E_ref[x0
 
 * ``estimator="projection"`` (default): with E_safe ~ E_ref, rho is the coordinate of x0_hat on the axis d:
   share = <x0_hat - E_ref, d> / |d|^2 (exact when E_safe[x0|x,c] = E_ref[x0|x]: then x0' = E_safe exactly), and
-  r = max(share, 0) * sigmoid(L), so x0' has E_ref's coordinate along d and keeps the rest of x0_hat: the part of the
+  r = max(share, 0) * flag, so x0' has E_ref's coordinate along d and keeps the rest of x0_hat: the part of the
   prediction that heads from the allowed mean towards the unsafe mean is removed, nothing else (never beyond E_ref).
-  L (``gate="latch"``) is a per-request latch: the running maximum, over the calls of this trajectory, of the kernel
+  flag = sigmoid(L) where L > 0, else 0 (``gate="decision"``, default: a request acts only once the classifier has
+  decided it looks unsafe, so safe requests are bit-identical; ``gate="latch"``: sigmoid(L) everywhere, version 2,
+  whose weak flags ~0.24 at high noise in 64-D let the low-sigma share bias distort safe classes).
+  L is a per-request latch: the running maximum, over the calls of this trajectory, of the kernel
   classifier log-odds at x0_hat, log g + log[(1/N) sum_n k_h(x0_hat, x_n)] - log[(1/M) sum_m k_h(x0_hat, y_m)],
   h = bandwidth_scale * tau(sigma), tau the posterior spread: a request that looked unsafe at high noise (where the
   prediction carries the condition) stays flagged; a request that never did is left alone even where its share is
   biased (at low sigma E_ref collapses on single items). An explicit request (Z_s(c) = 0, x0_hat = E_neg) gets
   share = 1, flag ~ 1: x0' = E_ref, at every sigma, so the conditional guidance cannot pull it back at low noise.
+  ``blend`` then pulls the whole prediction towards E_ref: x0' <- x0' + flag clip(e, 0, 1) (E_ref - x0') with
+  e = share - 1 (``"overshoot"``, default: the part of a guided prediction beyond the unsafe mean is CFG extrapolation
+  of unsafe content; it keeps trouser-like detail orthogonal to d; share <= 1 is untouched) or e = share (``"share"``:
+  near-explicit requests become E_ref in every direction; stronger, costs the partly unsafe class), or ``"none"``.
 * ``estimator="latch"`` (the lead's proposal, measured, not kept): r = sigmoid(L + log p_neg,sigma(x) - log p_ref,sigma(x)),
   the posterior of a two-part mixture with per-request prior L, kernel densities at x. It loses explicit requests in
   64-D: once x has left the negated region the x-space ratio wins over any prior (log-ratios of -10^4 at low sigma).
@@ -46,7 +53,8 @@ from .calibration import negation_share
 
 UPDATES = ("posterior", "substitute", "replace")
 ESTIMATORS = ("projection", "latch", "x0")
-GATES = ("latch", "none")
+GATES = ("latch", "decision", "none")
+BLENDS = ("overshoot", "share", "none")
 
 
 class ReferenceSetError(ValueError):
@@ -125,7 +133,8 @@ def posterior_spread(sigma: Tensor, sigma_data: float) -> Tensor:
 
 class ConditionalCorrection(Correction):
     """Mode ``conditional``: condition-aware substitution with one shared :class:`ReferenceSet` (module docstring).
-    Knobs: ``estimator`` ('projection' default, 'latch', 'x0'), ``gate`` ('latch' default, 'none'; projection only),
+    Knobs: ``estimator`` ('projection' default, 'latch', 'x0'), ``gate`` ('decision' default, 'latch', 'none'; projection only),
+    ``blend`` ('overshoot' default, 'share', 'none'; projection only),
     ``gain`` g (prior odds of the classifier), ``bandwidth_scale`` (classifier kernel width in units of tau(sigma)),
     ``sigma_data`` s_d, ``update`` ('posterior'; 'substitute', 'replace' for the x0 estimator), ``heading`` (1 = off),
     ``log_threshold`` (acts where ``log_odds`` > it), ``window``. Diagnostics: ``weight`` r, ``log_odds``,
@@ -140,7 +149,7 @@ class ConditionalCorrection(Correction):
 
     def __init__(self, negation: NegationSet, reference: ReferenceSet, *, gain: float = 1.0, bandwidth_scale: float = 1.0,
                  sigma_data: float = 0.5, update: str = "posterior", log_threshold: float = -math.inf, heading: float = 1.0,
-                 estimator: str = "projection", gate: str = "latch", check_reference: bool = True, **kwargs: Any):
+                 estimator: str = "projection", gate: str = "decision", blend: str = "overshoot", check_reference: bool = True, **kwargs: Any):
         super().__init__(negation, **kwargs)
         if not isinstance(reference, NegationSet):
             raise ReferenceSetError(f"the conditional mode needs a ReferenceSet of allowed items, got {type(reference).__name__}")
@@ -172,6 +181,9 @@ class ConditionalCorrection(Correction):
         self.reference, self.gain, self.bandwidth_scale = reference, gain, bandwidth_scale
         self.sigma_data, self.update, self.log_threshold, self.heading = sigma_data, update, log_threshold, heading
         self.estimator, self.gate = estimator, gate
+        if blend not in BLENDS:
+            raise ValueError(f"unknown blend {blend!r}; choose one of {BLENDS}")
+        self.blend = blend
         self._states: dict[str, tuple[Tensor, Tensor]] = {}
         self._stream = "default"
 
@@ -225,7 +237,13 @@ class ConditionalCorrection(Correction):
         if self.estimator == "projection":
             axis = neg.mean - ref.mean
             share = ((x0 - ref.mean) * axis).sum(1) / (axis * axis).sum(1).clamp_min(torch.finfo(x0.dtype).tiny)
-            flag = torch.sigmoid(self._latch(sigma, log_odds)) if self.gate == "latch" else torch.ones_like(share)
+            if self.gate == "none":
+                flag = torch.ones_like(share)
+            else:
+                latched = self._latch(sigma, log_odds)
+                flag = torch.sigmoid(latched)
+                if self.gate == "decision":
+                    flag = torch.where(latched > 0, flag, torch.zeros_like(flag))
             r = share.clamp(min=0.0) * flag
             log_odds = torch.logit(flag) + torch.log(share.clamp(min=0.0))  # acts where the request is flagged and heads to E_neg
             diagnostics.update(share=share, flag=flag)
@@ -239,7 +257,12 @@ class ConditionalCorrection(Correction):
                 neg = self.negation.moments(x0, h, chunk_size=self.chunk_size)
                 ref = self.reference.moments(x0, h, chunk_size=self.chunk_size)
         target = x0 if self.update == "replace" else neg.mean
-        return Proposal(x0 + r[:, None] * (ref.mean - target), log_odds > self.log_threshold,
+        out = x0 + r[:, None] * (ref.mean - target)
+        if self.estimator == "projection" and self.blend != "none":  # pull flagged rows on towards E_ref in every direction
+            excess = diagnostics["share"] - 1.0 if self.blend == "overshoot" else diagnostics["share"]
+            pull = diagnostics["flag"] * excess.clamp(0.0, 1.0)
+            out = out + pull[:, None] * (ref.mean - out)
+        return Proposal(out, log_odds > self.log_threshold,
                         {"weight": r, "log_odds": log_odds, "log_kernel_mass": neg.log_mass,
                          "max_kernel_weight": torch.exp(neg.max_logit - neg.log_mass), **diagnostics})
 
