@@ -255,6 +255,8 @@ def mixture_table(settings: dict, dims=(2, 64), guidances=(1.0, 2.0)) -> None:
 
 
 if __name__ == "__main__":  # python tests/test_conditional.py
-    mixture_table({"plain": (None, "auto"), "default (projection + latch, guided)": ({}, "auto"),
+    mixture_table({"plain": (None, "auto"), "v3 default (decision gate + overshoot blend)": ({}, "auto"),
+                   "v3, blend share": ({"blend": "share"}, "auto"),
+                   "v2 (latch gate, no blend)": ({"gate": "latch", "blend": "none"}, "auto"),
                    "prior latch (lead's proposal), branches": ({"estimator": "latch"}, "branches"),
                    "first version (x0 classifier), branches": ({"estimator": "x0"}, "branches")})

@@ -56,7 +56,7 @@ SWEEPS = {
     "negative": [0.5, 1.0, 2.0],
     "negative-class": [2.0],
 }
-COND_SWEEPS = {**SWEEPS, "conditional": [1.0, 10.0], "paper": [1e300], "reference": [1.0], "calibrated": [1.0, 2.0], "calibrated-window": [1.0], "substitution": [1.0, 4.0],
+COND_SWEEPS = {**SWEEPS, "conditional": [1.0, 10.0, 0.1], "paper": [1e300], "reference": [1.0], "calibrated": [1.0, 2.0], "calibrated-window": [1.0], "substitution": [1.0, 4.0],
                "spell": [0.05, 0.1], "negative-class": [1.5, 2.0, 3.0]}
 SIZES = {
     "default": Size(samples=256, steps=8, bank=512, negation=500, sweeps=SWEEPS),
