@@ -56,7 +56,16 @@ def _private_tqdm_lock() -> None:
 
     from tqdm import std
 
-    std.tqdm.set_lock(threading.RLock())  # subclasses (tqdm.auto, diffusers' bars) inherit the class attribute
+    lock = threading.RLock()
+    classes, seen = [std.tqdm], set()
+    while classes:  # every tqdm class that holds its own lock (tqdm.auto, diffusers' bars ...) gets the private one
+        cls = classes.pop()
+        if cls in seen:
+            continue
+        seen.add(cls)
+        if cls is std.tqdm or "_lock" in vars(cls):
+            cls._lock = lock
+        classes.extend(cls.__subclasses__())
 
 
 def _fork(argv: list[str], env: dict[str, str] | None = None) -> int:
