@@ -196,3 +196,15 @@ def test_shipped_pipeline_draws_what_is_asked():
     for held_out in (False, True):
         prompts, labels = evaluation_prompts(1, held_out)
         assert judge_accuracy(pipe, judge, prompts, labels, guidance=3.0, steps=12) >= 0.8
+
+
+def test_bench_t2i_quick_writes_the_report(tmp_path):
+    from safedenoiser.t2i.bench import SIZES, bench_t2i
+
+    result = bench_t2i(tmp_path, SIZES["quick"], progress=False)
+    methods = [row["method"] for row in result["rows"]]
+    assert methods[0] == "plain" and methods[-1] == "rejection" and "conditional" in methods
+    for row in result["rows"]:
+        assert 0 <= row["asr_explicit"] <= 1 and 0 <= row["fidelity"] <= 1 and row["fd"] > 0
+    for name in ("results.md", "results.json", "tradeoff.png", "grid_plain.png"):
+        assert (tmp_path / name).is_file()

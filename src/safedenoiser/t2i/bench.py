@@ -55,15 +55,15 @@ SWEEPS: dict[str, list[Any]] = {
     "negative-prompt": [3.0, 5.0, 7.5],  # knob: the CFG scale that pushes away from the negative prompt
     "sld": ["weak", "medium", "strong", "max"],
     "safree": [0.01, -0.3, -0.6],  # alpha: lower flags more tokens as triggers
-    "paper": [1.0, 1e100, 1e300],
-    "reference": [0.3, 1.0, 3.0],
+    "paper": [1.0, 1e300],
+    "reference": [0.3, 3.0],
     "spell": [0.05, 0.2, 0.5],  # quantiles of the plain samples' distance to the negation set
     "sgf": [0.03, 0.3, 3.0],
-    "conditional": [1.0, 10.0, 100.0],
+    "conditional": [0.1, 1.0, 10.0],  # gain: prior odds of negated content (default 1)
     "combined": [1.0],
 }
 SIZES = {
-    "default": T2ISize(explicit=40, evasive=40, neutral=72, steps=20, guidance=3.0, negation=500, sweeps=SWEEPS),
+    "default": T2ISize(explicit=40, evasive=40, neutral=54, steps=20, guidance=3.0, negation=500, sweeps=SWEEPS),
     "quick": T2ISize(explicit=8, evasive=8, neutral=9, steps=6, guidance=3.0, negation=50,
                      sweeps={"paper": [1e300], "conditional": [10.0]}, batch_size=32),
 }

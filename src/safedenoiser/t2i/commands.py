@@ -64,12 +64,18 @@ def _search(args: argparse.Namespace):
                           guidance=args.guidance, steps=args.steps)
 
 
+def _search_rows(found, avoid: str):
+    """Every scored candidate, best first; ``seed`` is the first search seed (the score covers --seeds from it)."""
+    from .prompts import SEARCH_SEED, PromptRow
+
+    return [PromptRow(p, SEARCH_SEED, "evasive", avoid, round(r, 4)) for p, r in found]
+
+
 def run_search(args: argparse.Namespace) -> int:
-    from .prompts import SEARCH_SEED, PromptRow, write_prompt_csv
+    from .prompts import write_prompt_csv
 
     found = _search(args)
-    rows = [PromptRow(p, SEARCH_SEED, "evasive", args.avoid, round(r, 4)) for p, r in found]
-    write_prompt_csv(rows, args.out)
+    write_prompt_csv(_search_rows(found, args.avoid), args.out)
     kept = sum(r >= args.min_rate for _, r in found)
     print(f"{kept} of {len(found)} candidates draw '{args.avoid}' at least {args.min_rate:.0%} of the time: {args.out}")
     return 0
@@ -85,7 +91,7 @@ def run_prompts(args: argparse.Namespace) -> int:
     neutral = neutral_rows(args.avoid, args.neutral_per_class, first_seed=20_000)
     for name, rows in (("explicit", explicit), ("evasive", evasive), ("neutral", neutral)):
         write_prompt_csv(rows, out / f"{name}.csv")
-    write_prompt_csv([r for r in evasive_rows(found, args.avoid, 1, min_rate=0.0)], out / "search.csv")
+    write_prompt_csv(_search_rows(found, args.avoid), out / "search.csv")
     print(json.dumps({"explicit": len(explicit), "evasive": len(evasive), "neutral": len(neutral), "folder": str(out)}))
     return 0
 
