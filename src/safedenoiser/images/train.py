@@ -66,6 +66,23 @@ def edm_loss(model: EDMUNet, x0: torch.Tensor, labels: torch.Tensor | None, gene
     return (weight * (denoised - x0) ** 2).mean()
 
 
+def optimise(opt: torch.optim.Optimizer, model: torch.nn.Module, ema: torch.nn.Module, loss: torch.Tensor, step: int, *,
+             lr: float, warmup: int, ema_decay: float) -> float:
+    """One optimiser step of the recipe every trainer here shares: learning rate ``lr * min(1, (step + 1) / warmup)``,
+    gradients clipped at norm 1, EMA with decay ``min(ema_decay, (1 + step) / (10 + step))``; returns the loss."""
+    for group in opt.param_groups:
+        group["lr"] = lr * min(1.0, (step + 1) / warmup)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for p_ema, p in zip(ema.parameters(), model.parameters()):
+            p_ema.lerp_(p, 1 - decay)
+    return float(loss.detach())
+
+
 def select_subset(data: ImageData, size: int, seed: int) -> tuple[ImageData, list[int]]:
     """``size`` distinct training items chosen with ``seed`` (the memorised set)."""
     if not 0 < size <= len(data):
@@ -159,18 +176,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         if cfg.conditional:
             labels = labels_all[idx].clone()
             labels[torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout] = model.null_class
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         loss = edm_loss(model, data.images[idx], labels, gen, cfg.p_mean, cfg.p_std)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), model.parameters()):
-                p_ema.lerp_(p, 1 - decay)
-        value = float(loss.detach())
+        value = optimise(opt, model, ema, loss, step, lr=cfg.lr, warmup=cfg.warmup, ema_decay=cfg.ema_decay)
         loss_avg = value if math.isnan(loss_avg) else 0.99 * loss_avg + 0.01 * value
         step += 1
         wall = wall0 + time.time() - start

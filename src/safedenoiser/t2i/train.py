@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..fileio import write_text, write_with
 from ..images.data import FASHION_CLASSES, load_data
+from ..images.train import optimise
 from .captions import held_out_captions, training_captions
 from .pipeline import FashionTextPipeline, sampling_scheduler, save_shipped, training_scheduler, unet_for_text
 from .text import encode_prompts, load_minilm
@@ -148,18 +149,8 @@ def train_text(cfg: TextTrainConfig, progress: bool = True) -> Path:
         noise = torch.randn(x0.shape, generator=gen)
         alpha, sigma = abar[t].sqrt()[:, None, None, None], (1 - abar[t]).sqrt()[:, None, None, None]
         target = v_target(x0, noise, alpha, sigma) if cfg.prediction_type == "v_prediction" else noise
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup)
         loss = (unet(alpha * x0 + sigma * noise, t, encoder_hidden_states=context).sample - target).pow(2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for p_ema, p in zip(ema.parameters(), unet.parameters()):
-                p_ema.lerp_(p, 1 - decay)
-        value = float(loss.detach())
+        value = optimise(opt, unet, ema, loss, step, lr=cfg.lr, warmup=cfg.warmup, ema_decay=cfg.ema_decay)
         loss_avg = value if math.isnan(loss_avg) else 0.99 * loss_avg + 0.01 * value
         step += 1
         wall = wall0 + time.time() - start
