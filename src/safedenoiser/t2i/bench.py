@@ -218,7 +218,7 @@ class TextToImageBench:
         return T2IRow(setting.method, setting.knob, setting.value, seconds_per_image=round(seconds, 4),
                       **self.measure(images))
 
-    def rejection(self, plain: Tensor, plain_seconds: float, max_attempts: int = 20) -> T2IRow:
+    def rejection(self, plain: Tensor, plain_seconds: float, max_attempts: int = 8) -> T2IRow:
         """Rejection with the judge: redraw (new seeds) every image the judge calls the avoided class, up to
         ``max_attempts`` draws per image; the upper bound of what a perfect filter does to each prompt."""
         start = time.time()
