@@ -61,17 +61,6 @@ class ReferenceSetError(ValueError):
     """A reference set that is empty, non-finite, of the wrong shape, or entirely covered by the negation set."""
 
 
-def _check_reference(data: Any) -> None:
-    if not isinstance(data, Tensor):
-        raise ReferenceSetError(f"reference set data must be a torch.Tensor, got {type(data).__name__}")
-    if data.ndim < 2:
-        raise ReferenceSetError(f"reference set data must have shape (M, *item_shape), got {tuple(data.shape)}")
-    if data.shape[0] == 0:
-        raise ReferenceSetError("reference set is empty: it needs at least one allowed item")
-    if not data.is_floating_point():
-        raise ReferenceSetError(f"reference set data must be floating point, got {data.dtype}")
-
-
 class ReferenceSet(NegationSet):
     """M clean items of *allowed* content, shared by every condition, encoded exactly like the negation set
     (same space, item shape). Saved / loaded as a :class:`NegationSet` file with ``metadata['role'] = 'reference'``.
@@ -81,12 +70,9 @@ class ReferenceSet(NegationSet):
     """
 
     def __init__(self, data: Tensor, *, validate: bool = True, **kwargs: Any):
-        _check_reference(data)
-        if validate and not all(bool(torch.isfinite(data[s : s + 4096]).all()) for s in range(0, data.shape[0], 4096)):
-            raise ReferenceSetError("reference set contains NaN or infinite values")
         metadata = {**(kwargs.pop("metadata", None) or {}), "role": "reference"}
-        try:
-            super().__init__(data, validate=False, metadata=metadata, **kwargs)
+        try:  # NegationSet's checks (type, shape, empty, dtype, finite), reported as a reference set's
+            super().__init__(data, validate=validate, metadata=metadata, **kwargs)
         except NegationSetError as err:
             raise ReferenceSetError(str(err).replace("negation", "reference")) from err
 
