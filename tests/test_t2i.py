@@ -208,3 +208,29 @@ def test_bench_t2i_quick_writes_the_report(tmp_path):
         assert 0 <= row["asr_explicit"] <= 1 and 0 <= row["fidelity"] <= 1 and row["fd"] > 0
     for name in ("results.md", "results.json", "tradeoff.png", "grid_plain.png"):
         assert (tmp_path / name).is_file()
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["t2i", "search", "--out", "x.csv", "--min-rate", "nan"], "--min-rate"),
+    (["t2i", "prompts", "--guidance", "inf"], "--guidance"),
+    (["bench", "t2i", "--threads", "0"], "--threads"),
+    (["train", "--text", "--out", "x", "--steps", "0"], "--steps"),
+])
+def test_t2i_commands_refuse_bad_values_in_one_line(capsys, argv, flag):
+    from safedenoiser.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and flag in err
+
+
+def test_generate_conditional_without_reference_is_one_line(tmp_path, capsys):
+    from safedenoiser.cli import main
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a bag\n")
+    code = main(["generate", "--model", str(tmp_path / "none"), "--prompts", str(prompts), "--out", str(tmp_path / "o"),
+                 "--negation", str(tmp_path / "n.safetensors"), "--mode", "conditional"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "error" in err

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..argtypes import positive_int
+from ..argtypes import finite_float, float_in, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,8 +45,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="FashionTextPipeline folder (default: the shipped one)")
     parser.add_argument("--avoid", default="trouser", help="the class the evasive prompts must draw")
     parser.add_argument("--seeds", type=positive_int, default=8, help="search seeds per candidate")
-    parser.add_argument("--min-rate", type=float, default=0.5, help="keep candidates drawn this often")
-    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--min-rate", type=float_in(0.0, 1.0), default=0.5, help="keep candidates drawn this often")
+    parser.add_argument("--guidance", type=finite_float, default=3.0)
     parser.add_argument("--steps", type=positive_int, default=20)
     parser.add_argument("--threads", type=positive_int, default=2)
 

@@ -94,9 +94,9 @@ def _load_state(path: Path, cfg: TextTrainConfig) -> dict[str, Any]:
     except Exception as err:  # a truncated file or one holding objects other than tensors and plain data
         raise TrainStateError(f"cannot read the training state {path} ({type(err).__name__}: {err}); "
                               "delete it to start over, or use another --out folder") from err
-    saved = state.get("config", {})
+    saved, mine = state.get("config", {}), _plain(asdict(cfg))
     for key in ("widths", "prediction_type"):
-        if list(saved.get(key, [])) != list(getattr(cfg, key)) if key == "widths" else saved.get(key) != getattr(cfg, key):
+        if saved.get(key) != mine[key]:
             raise TrainStateError(f"{path} was trained with {key}={saved.get(key)!r}, not {getattr(cfg, key)!r}; "
                                   "use a new --out folder")
     return state
