@@ -9,6 +9,7 @@ import json
 import math
 import os
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -519,6 +520,28 @@ def test_outputs_follow_the_umask_and_temp_names_are_unique(tmp_path):
     assert all(f".{host}.{os.getpid()}." in n for n in names)
     reliability_table.record("smaller", "NegationSet.save / fileio", "umask 022", "files 0644 (safetensors alone gives 0600)")
     reliability_table.record("smaller", "fileio.temp_path", "100 temporary names", "unique: .NAME.HOST.PID.RANDOM.tmp")
+
+
+def test_generate_rerun_sweeps_temporaries_left_by_a_killed_run(model_dir, files, tmp_path, capsys):
+    """A kill between writing and renaming ``records.jsonl`` (or an image, or a record) leaves ``.NAME.HOST.PID.*.tmp``;
+    the next run in that folder removes those whose process is gone, wherever in the output folder they are."""
+    out = tmp_path / "run"
+    argv = ["generate", "--model", str(model_dir), "--prompts", str(files / "prompts.txt"), "--out", str(out),
+            "--steps", "1", "--height", "16", "--width", "16"]
+    assert main(argv) == 0
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    left = [p.with_name(p.name.replace(f".{os.getpid()}.", f".{dead.pid}.")) for p in
+            (fileio.temp_path(out / "records.jsonl"), fileio.temp_path(out / "images" / "00000.png"),
+             fileio.temp_path(out / "records" / "00000.json"))]
+    alive = fileio.temp_path(out / "settings.json")  # this process is alive: its temporary must stay
+    for path in (*left, alive):
+        path.write_bytes(b"half")
+    assert main(argv) == 0
+    capsys.readouterr()
+    assert [p for p in left if p.exists()] == [] and alive.exists()
+    reliability_table.record("killed runs", "safe-denoiser generate", "rerun after a kill left temporaries in OUT, "
+                             "OUT/images, OUT/records", "temporaries of dead processes removed; live ones kept")
 
 
 def test_generate_refuses_to_write_nan_images(tmp_path):

@@ -172,8 +172,8 @@ def generate(pipe: Any, items: Sequence[PromptItem], out_dir: str | Path, *, hoo
     call = {k: v for k, v in call_kwargs.items() if isinstance(v, (int, float, str, type(None)))}
     check_settings(out_dir, {"method": method, "parameters": parameters or {}, "steps": steps, "guidance": guidance,
                              "call": call, **(settings or {})})
-    for folder in ("images", "records"):
-        fileio.remove_stale_temps(out_dir / folder)
+    for folder in (out_dir, out_dir / "images", out_dir / "records"):
+        fileio.remove_stale_temps(folder)
 
     def scale(item: PromptItem) -> float:
         return item.guidance if item.guidance is not None else guidance
