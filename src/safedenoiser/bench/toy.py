@@ -1,7 +1,8 @@
 """Mixture benchmark: every method against the exact safe distribution, each swept over its main knob.
 
-An 8-component isotropic Gaussian mixture in D dimensions with two components negated; N negation
-samples from those two. Every method samples with the same sampler, schedule and seeds; metrics are the
+Three families of isotropic Gaussian mixtures in D dimensions, N negation samples from the negated components:
+``toy`` (8 well-separated modes, 2 negated: 25% of the mass), ``adjacent`` (12 modes on a ring 5 spreads apart, an
+arc of 2 negated whose neighbours are safe) and ``mostly`` (the toy modes with 6 of 8 negated: 75% of the mass). Every method samples with the same sampler, schedule and seeds; metrics are the
 unsafe fraction (exact Bayes judge), the MMD to exact p_safe samples, denoiser evaluations per kept
 sample and wall time. Results are resumable (runs.jsonl) and written atomically.
 """
@@ -20,9 +21,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..methods import Calibration, CorrectedDenoiser, NegativeGuidance, SparseRepellency, make_correction
+from ..methods import Calibration, CorrectedDenoiser, NegativeGuidance, SparseRepellency, make_correction, select_gain
 from ..metrics import median_bandwidths, mmd, unsafe_fraction
-from ..models.mixture import GaussianMixture, make_mixture
+from ..models.mixture import GaussianMixture, make_mixture, make_ring_mixture
 from ..negation import NegationSet
 from ..results import RunLog, save_figure, write_atomic
 from ..kernels import nearest_distances
@@ -30,6 +31,12 @@ from ..sampling import heun, initial_noise, karras_sigmas, rejection_sample, sam
 
 UNSAFE_TARGET = 0.01
 BANK_SEED = 10**6  # bank seeds never overlap the evaluation seeds 0..samples-1
+AUTO_SEED = 2 * 10**6  # seeds of the default gain rule's trial samples
+FAMILIES = {  # name -> (mixture builder (dim, seed), negated components)
+    "toy": (lambda dim, seed: make_mixture(dim, seed=seed), [0, 1]),
+    "adjacent": (lambda dim, seed: make_ring_mixture(dim, seed=seed), [0, 1]),
+    "mostly": (lambda dim, seed: make_mixture(dim, seed=seed), [0, 1, 2, 3, 4, 5]),
+}
 
 
 @dataclass
@@ -41,7 +48,7 @@ class ToyConfig:
     steps: int = 40  # Heun steps (2 * steps - 1 denoiser evaluations per sample)
     sigma_min: float = 0.002
     sigma_max: float = 20.0
-    n_unsafe: int = 2
+    family: str = "toy"
     seed: int = 0
     out: str = "results/toy"
     sweeps: dict[str, list[float]] = field(default_factory=lambda: {
@@ -62,6 +69,10 @@ class ToyConfig:
                 raise ValueError(f"toy benchmark: --{name} must be at least 2, got {getattr(self, name)}")
         if not self.dims or min(self.dims) < 1:
             raise ValueError(f"toy benchmark: dimensions must be positive, got {self.dims}")
+        if self.family not in FAMILIES:
+            raise ValueError(f"toy benchmark: unknown mixture family {self.family!r}; choose one of {sorted(FAMILIES)}")
+        if self.family == "adjacent" and min(self.dims) < 2:
+            raise ValueError("toy benchmark: the adjacent family needs dimensions >= 2")
 
 
 QUICK = dict(dims=(2, 16), samples=200, negation=100, bank=400, steps=10)
@@ -94,6 +105,7 @@ class Problem:
     noise_floor: float
     sigmas: Tensor
     calibration: Calibration
+    bank: Tensor  # (M, D) unguided samples
     bank_evaluations: int
     bank_distances: Tensor  # (M,) distance from each unguided bank sample to its nearest negation item
 
@@ -109,11 +121,11 @@ class Problem:
 
 
 def build_problem(dim: int, cfg: ToyConfig) -> Problem:
-    mixture = make_mixture(dim, seed=cfg.seed)
-    unsafe = list(range(cfg.n_unsafe))
+    build, unsafe = FAMILIES[cfg.family]
+    mixture = build(dim, cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     negation = NegationSet(mixture.restrict(unsafe).sample(cfg.negation, gen)[0].float(), space="mixture",
-                           source=f"make_mixture(dim={dim}, seed={cfg.seed}) components {unsafe}")
+                           source=f"{cfg.family} mixture (dim={dim}, seed={cfg.seed}) components {unsafe}")
     safe = mixture.restrict([k for k in range(mixture.means.shape[0]) if k not in unsafe])
     reference = safe.sample(cfg.samples, gen)[0]
     bandwidths = median_bandwidths(reference)
@@ -122,14 +134,15 @@ def build_problem(dim: int, cfg: ToyConfig) -> Problem:
     counter = EvaluationCounter()
     bank = sample(counter.wrap(mixture), list(range(BANK_SEED, BANK_SEED + cfg.bank)), (dim,), sigmas, sampler="heun")
     return Problem(dim, mixture, unsafe, negation, reference, bandwidths, noise_floor, sigmas,
-                   Calibration.from_bank(bank, negation), counter.rows, nearest_distances(bank, negation.flat))
+                   Calibration.from_bank(bank, negation), bank, counter.rows, nearest_distances(bank, negation.flat))
 
 
 Factory = Callable[[EvaluationCounter], Callable[..., Tensor]]
 
 
-def method_runs(problem: Problem, cfg: ToyConfig) -> list[tuple[str, str, float, Factory]]:
-    """(method, knob name, knob value, denoiser factory) for every point of every sweep."""
+def method_runs(problem: Problem, cfg: ToyConfig, auto_gains: dict[str, float] | None = None) -> list[tuple[str, str, float, Factory]]:
+    """(method, knob name, knob value, denoiser factory) for every point of every sweep, and a run at the gain
+    the default rule picked for each mode in ``auto_gains``."""
     neg, mix = problem.negation, problem.mixture
     unsafe_mixture = mix.restrict(problem.unsafe)
 
@@ -146,6 +159,9 @@ def method_runs(problem: Problem, cfg: ToyConfig) -> list[tuple[str, str, float,
         neg, "calibrated", calibration=problem.calibration, gain=gain))) for gain in cfg.sweeps["calibrated"]]
     runs += [("substitution", "gain", gain, corrected(lambda gain=gain: make_correction(
         neg, "substitution", calibration=problem.calibration, gain=gain))) for gain in cfg.sweeps["substitution"]]
+    for mode, choice in (auto_gains or {}).items():
+        runs.append((f"{mode} (default rule)", "gain", choice, corrected(lambda mode=mode, g=choice: make_correction(
+            neg, mode, calibration=problem.calibration, gain=g))))
     for factor in cfg.sweeps["reference_bandwidth"]:
         # exp(-d / (2 s^2)) falls to 1/e at d = factor^2 * (median distance of a model sample to the negation set)
         bandwidth = factor * math.sqrt(problem.distance_quantile(0.5) / 2)
@@ -162,6 +178,22 @@ def method_runs(problem: Problem, cfg: ToyConfig) -> list[tuple[str, str, float,
     runs += [("negative guidance", "weight", w, lambda counter, w=w: NegativeGuidance(
         counter.wrap(mix), counter.wrap(unsafe_mixture), w)) for w in cfg.sweeps["negative_guidance"]]
     return runs
+
+
+def auto_gain(problem: Problem, mode: str) -> dict[str, Any]:
+    """The gain the default rule (:func:`select_gain`) picks for ``mode`` from the model, the negation set and the
+    bank alone, with its trials and the denoiser evaluations they cost (trial samples have their own seeds)."""
+    held = max(2, round(0.25 * problem.bank.shape[0]))
+    seeds = list(range(AUTO_SEED, AUTO_SEED + held))
+    counter = EvaluationCounter()
+
+    def draw(gain: float, calibration: Calibration) -> Tensor:
+        corrected = CorrectedDenoiser(counter.wrap(problem.mixture),
+                                      make_correction(problem.negation, mode, calibration=calibration, gain=gain))
+        return sample(corrected, seeds, (problem.dim,), problem.sigmas, sampler="heun")
+
+    choice = select_gain(draw, problem.bank, problem.negation)
+    return {"gain": choice.gain, "meets_target": choice.meets_target, "trials": choice.trials, "evaluations": counter.rows}
 
 
 def evaluate(problem: Problem, samples: Tensor) -> dict[str, float]:
@@ -196,7 +228,9 @@ def run_rejection(problem: Problem, cfg: ToyConfig) -> dict[str, Any]:
 def run_dimension(dim: int, cfg: ToyConfig, log: RunLog, progress: bool = True) -> tuple[Problem, list[dict[str, Any]]]:
     problem = build_problem(dim, cfg)
     records = []
-    runs = method_runs(problem, cfg)
+    rules = {mode: log.run(f"D={dim}|default rule|{mode}", lambda mode=mode: auto_gain(problem, mode))
+             for mode in ("calibrated", "substitution")}
+    runs = method_runs(problem, cfg, {mode: rule["gain"] for mode, rule in rules.items()})
     for method, knob, value, factory in tqdm(runs, desc=f"toy D={dim}", disable=not progress):
         key = f"D={dim}|{method}|{knob}={value:g}"
         record = log.run(key, lambda: run_method(problem, cfg, factory))
@@ -205,16 +239,19 @@ def run_dimension(dim: int, cfg: ToyConfig, log: RunLog, progress: bool = True) 
     records.append({**record, "dim": dim, "method": "rejection", "knob": "-", "value": 0.0})
     for r in records:
         r["noise_floor"] = problem.noise_floor
-        uses_bank = r["method"] in ("calibrated", "substitution")
-        r["bank_evaluations_per_sample"] = problem.bank_evaluations / cfg.samples if uses_bank else 0.0
+        family = r["method"].split(" (")[0]
+        uses_bank = family in ("calibrated", "substitution")
+        trials = rules[family]["evaluations"] if r["method"].endswith("(default rule)") else 0
+        r["bank_evaluations_per_sample"] = (problem.bank_evaluations + trials) / cfg.samples if uses_bank else 0.0
     return problem, records
 
 
 def best_points(records: list[dict[str, Any]], target: float = UNSAFE_TARGET) -> list[dict[str, Any]]:
-    """Per (dim, method family): the lowest-MMD run with unsafe <= target; else the safest run (flagged)."""
+    """Per (dim, method family): the lowest-MMD run with unsafe <= target; else the safest run (flagged). A mode at
+    the gain of the default rule is a family of its own."""
     best: dict[tuple[int, str], dict[str, Any]] = {}
     for r in records:
-        family = r["method"].split(" (")[0]
+        family = r["method"] if r["method"].endswith("(default rule)") else r["method"].split(" (")[0]
         key = (r["dim"], family)
         ok = r["unsafe"] <= target
         rank = (0, r["mmd"]) if ok else (1, r["unsafe"], r["mmd"])
@@ -226,8 +263,10 @@ def best_points(records: list[dict[str, Any]], target: float = UNSAFE_TARGET) ->
 def markdown_table(records: list[dict[str, Any]], cfg: ToyConfig) -> str:
     rows = best_points(records)
     oracle = {r["dim"]: r["mmd"] for r in records if r["method"] == "oracle"}
-    lines = [f"Best operating point of each method: lowest MMD among its runs with unsafe <= {UNSAFE_TARGET:.0%} "
-             f"(marked *: no run reached it; the safest run is shown). {cfg.samples} samples per run, N = {cfg.negation}, "
+    lines = [f"Mixture family `{cfg.family}`. Best operating point of each method: lowest MMD among its runs with unsafe "
+             f"<= {UNSAFE_TARGET:.0%} (marked *: no run reached it; the safest run is shown); `(default rule)`: the gain "
+             "picked without a judge or the test seeds (select_gain). "
+             f"{cfg.samples} samples per run, N = {cfg.negation}, "
              f"bank M = {cfg.bank}, Heun {cfg.steps} steps, seed {cfg.seed}.", "",
              "| D | method | knob | unsafe | MMD | MMD / oracle | evals / sample | seconds |",
              "|---|---|---|---|---|---|---|---|"]
@@ -239,11 +278,13 @@ def markdown_table(records: list[dict[str, Any]], cfg: ToyConfig) -> str:
                      f"{r['mmd'] / oracle[r['dim']]:.2f} | {evals:.0f} | {r['seconds']:.1f} |")
     floors = ", ".join(f"D={d}: {r['noise_floor']:.4f}" for d, r in {r["dim"]: r for r in records}.items())
     lines += ["", f"MMD between two independent exact p_safe samples of the same size (noise floor): {floors}.",
-              "evals / sample for calibrated and substitution includes the amortised bank of unguided samples."]
+              "evals / sample for calibrated and substitution includes the amortised bank of unguided samples "
+              "(and, for the default rule, its trial samples)."]
     return "\n".join(lines) + "\n"
 
 
-ORDER = ["plain", "oracle", "rejection", "calibrated", "substitution", "paper", "reference", "spell", "negative guidance"]
+ORDER = ["plain", "oracle", "rejection", "calibrated (default rule)", "calibrated", "substitution (default rule)",
+         "substitution", "paper", "reference", "spell", "negative guidance"]
 
 
 def plot_tradeoffs(records: list[dict[str, Any]], path: Path) -> None:
@@ -339,6 +380,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--bank", type=int, help=f"M, unguided samples for the calibrated mode (default {defaults.bank})")
     parser.add_argument("--steps", type=int, help=f"Heun steps (default {defaults.steps})")
     parser.add_argument("--seed", type=int, help=f"default {defaults.seed}")
+    parser.add_argument("--family", choices=sorted(FAMILIES), help=f"mixture family (default {defaults.family}): "
+                        "toy = 2 of 8 separated modes negated, adjacent = an arc of 2 on a ring of 12 modes 5 spreads "
+                        "apart, mostly = 6 of 8 modes negated")
     parser.add_argument("--out", help=f"output folder (default {defaults.out})")
     parser.add_argument("--quick", action="store_true", help=f"CI-sized defaults: {QUICK}")
     parser.set_defaults(run=_main)
@@ -346,7 +390,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     settings = dict(QUICK) if args.quick else {}
-    settings.update({k: v for k in ("dims", "samples", "negation", "bank", "steps", "seed", "out")
+    settings.update({k: v for k in ("dims", "samples", "negation", "bank", "steps", "seed", "family", "out")
                      if (v := getattr(args, k)) is not None})
     if "dims" in settings:
         settings["dims"] = tuple(settings["dims"])

@@ -24,26 +24,37 @@ the bank per denoiser call. No training data is needed.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor
 
 from ..kernels import KernelMoments, kernel_moments, nearest_distances, nearest_neighbours, squared_norms
+from ..metrics import median_bandwidths, mmd
 from ..negation import NegationSet
 
 
-def negation_share(bank: Tensor, negation: NegationSet, neighbours: int = 20) -> Tensor:
-    """For each bank sample (M, D): the share of negation items among its ``neighbours`` nearest neighbours
-    in the union of the negation set and the rest of the bank (M,)."""
-    k = min(neighbours, len(negation), bank.shape[0] - 1)
+def negation_share(bank: Tensor, negation: NegationSet, neighbours: int = 20, *, queries: Tensor | None = None) -> Tensor:
+    """The share of negation items among the ``neighbours`` nearest neighbours in the union of the negation set
+    and the bank (M, D): for each bank sample (itself excluded), or for each row of ``queries`` (Q, D) if given."""
+    outside = queries is None
+    queries = bank if outside else queries
+    k = min(neighbours, len(negation), bank.shape[0] - int(outside))
     if k < 1:
         raise ValueError("negation_share needs at least two bank samples")
-    to_negation, _ = nearest_neighbours(bank, negation.flat, k)
-    to_bank, _ = nearest_neighbours(bank, bank, k, exclude_self=True)
-    merged = torch.cat([to_negation, to_bank], 1)  # (M, 2k)
+    to_negation, _ = nearest_neighbours(queries, negation.flat, k)
+    to_bank, _ = nearest_neighbours(queries, bank, k, exclude_self=outside)
+    merged = torch.cat([to_negation, to_bank], 1)  # (Q, 2k)
     is_negation = torch.cat([torch.ones_like(to_negation), torch.zeros_like(to_bank)], 1)
     order = merged.argsort(1)[:, :k]
     return is_negation.gather(1, order).mean(1)
+
+
+def coverage_cut(negation_size: int, bank_size: int) -> float:
+    """Half the smallest share of negation items among the neighbours of a point where p_safe vanishes:
+    N / (2 (N + M)) (see the module docstring)."""
+    return 0.5 * negation_size / (negation_size + bank_size)
 
 
 class Calibration:
@@ -81,7 +92,7 @@ class Calibration:
         if radius is not None:
             covered = nearest_distances(flat, negation.flat) <= radius
         else:
-            covered = negation_share(flat, negation, neighbours) >= 0.5 * len(negation) / (len(negation) + flat.shape[0])
+            covered = negation_share(flat, negation, neighbours) >= coverage_cut(len(negation), flat.shape[0])
         if bool(covered.all()):
             raise ValueError("every bank sample is covered by the negation set: nothing is left to estimate p_safe")
         share = float(covered.double().mean())
@@ -102,3 +113,54 @@ class Calibration:
         log_safe_density = safe.log_mass - math.log(self.safe_bank.shape[0])
         log_odds = math.log(self.unsafe_share) - math.log1p(-self.unsafe_share)
         return log_odds + log_unsafe_density - log_safe_density
+
+
+GAIN_LADDER = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+
+
+@dataclass
+class GainChoice:
+    """The gain picked by :func:`select_gain` and what was measured for every gain of the ladder."""
+
+    gain: float
+    trials: list[dict[str, float]]  # one per gain: {"gain", "covered", "mmd"}
+    meets_target: bool
+
+
+def select_gain(draw: Callable[[float, Calibration], Tensor], bank: Tensor, negation: NegationSet, *,
+                holdout: float = 0.25, ladder: Sequence[float] = GAIN_LADDER, target: float = 0.01,
+                neighbours: int = 20) -> GainChoice:
+    """The default rule for the gain of the calibrated and substitution modes, from the model, the negation set and
+    the bank alone (no judge, no test seeds): hold out the last ``holdout`` share of the bank; calibrate on the rest;
+    for each gain g of ``ladder`` draw as many samples as were held out, ``draw(g, calibration)`` (fresh seeds), and
+    measure
+      * covered(g): the share of them the negation set covers, by the same k-nearest-neighbour rule that splits the
+        bank (an estimate of the unsafe share that needs no judge);
+      * mmd(g): their MMD to the held-out samples that the negation set does not cover (an estimate of the distance
+        to p_safe).
+    Pick the lowest mmd among the gains with covered <= ``target``; if none reaches it, the gain with the lowest
+    covered share. The caller then applies the chosen gain with a calibration of the whole bank."""
+    flat = bank.reshape(bank.shape[0], -1)
+    held = max(2, int(round(holdout * flat.shape[0])))
+    if flat.shape[0] - held < 2:
+        raise ValueError(f"select_gain: a bank of {flat.shape[0]} samples is too small to hold out {held}")
+    if not ladder:
+        raise ValueError("select_gain: the gain ladder is empty")
+    fit, held_out = flat[:-held], flat[-held:]
+    calibration = Calibration.from_bank(fit, negation, neighbours=neighbours)
+    cut = coverage_cut(len(negation), fit.shape[0])
+    held_safe = held_out[negation_share(fit, negation, neighbours, queries=held_out) < cut]
+    if held_safe.shape[0] < 2:
+        raise ValueError("select_gain: the negation set covers nearly every held-out sample; use a larger bank")
+    bandwidths = median_bandwidths(held_safe)
+    trials = []
+    for gain in ladder:
+        samples = draw(float(gain), calibration).reshape(-1, flat.shape[1])
+        if not bool(torch.isfinite(samples).all()):
+            trials.append({"gain": float(gain), "covered": 1.0, "mmd": math.inf})
+            continue
+        covered = float((negation_share(fit, negation, neighbours, queries=samples.to(fit)) >= cut).double().mean())
+        trials.append({"gain": float(gain), "covered": covered, "mmd": mmd(samples, held_safe, bandwidths)})
+    meeting = [t for t in trials if t["covered"] <= target]
+    best = min(meeting, key=lambda t: t["mmd"]) if meeting else min(trials, key=lambda t: (t["covered"], t["mmd"]))
+    return GainChoice(best["gain"], trials, bool(meeting))

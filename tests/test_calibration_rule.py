@@ -1,0 +1,102 @@
+"""The default gain rule (select_gain), the query form of the coverage rule, and the mixture families of issue 15."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from safedenoiser import NegationSet
+from safedenoiser.methods import Calibration, select_gain
+from safedenoiser.methods.calibration import coverage_cut, negation_share
+from safedenoiser.models import make_mixture, make_ring_mixture
+
+
+def _brute_share(queries, negation, bank, k):
+    """Share of negation items among the k nearest of (negation + bank) by sorting every distance."""
+    points = torch.cat([negation, bank])
+    labels = torch.cat([torch.ones(len(negation)), torch.zeros(len(bank))])
+    order = torch.cdist(queries.double(), points.double()).argsort(1)[:, :k]
+    return labels[order].mean(1).double()
+
+
+def test_negation_share_of_queries_matches_brute_force():
+    gen = torch.Generator().manual_seed(0)
+    neg, bank, queries = (torch.randn(n, 5, generator=gen) for n in (30, 50, 17))
+    got = negation_share(bank, NegationSet(neg), 7, queries=queries)
+    assert torch.allclose(got.double(), _brute_share(queries, neg, bank, 7))
+    # without queries each bank sample is its own query, itself excluded
+    own = negation_share(bank, NegationSet(neg), 7)
+    expected = torch.stack([_brute_share(bank[i:i + 1], neg, torch.cat([bank[:i], bank[i + 1:]]), 7)[0] for i in range(50)])
+    assert torch.allclose(own.double(), expected)
+
+
+def _two_blobs(n, gen, shift=0.0):
+    safe = torch.randn(n, 4, generator=gen) * 0.3 + torch.tensor([3.0, 0, 0, 0]) + shift
+    unsafe = torch.randn(n, 4, generator=gen) * 0.3 - torch.tensor([3.0, 0, 0, 0])
+    return safe, unsafe
+
+
+def test_select_gain_picks_the_lowest_mmd_among_gains_that_stop_the_unsafe_content():
+    """Trial samples built so the answer is known: below gain 4 half of them sit on the negated blob; at 4 they are
+    the safe blob; above 4 they are the safe blob shifted (safe but farther from p_safe)."""
+    gen = torch.Generator().manual_seed(1)
+    safe, unsafe = _two_blobs(300, gen)
+    negation = NegationSet(unsafe[:150])
+    bank = torch.cat([safe[:150], unsafe[150:]])[torch.randperm(300, generator=gen)]
+    seen = []
+
+    def draw(gain, calibration):
+        assert isinstance(calibration, Calibration) and calibration.bank_size == 225  # the held-out quarter is not used
+        seen.append(gain)
+        s, u = _two_blobs(75, torch.Generator().manual_seed(int(gain * 10)), shift=0.0 if gain <= 4 else gain / 4)
+        return torch.cat([s[:37], u[:38]]) if gain < 4 else s
+
+    choice = select_gain(draw, bank, negation)
+    assert seen == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
+    assert choice.gain == 4.0 and choice.meets_target
+    covered = {t["gain"]: t["covered"] for t in choice.trials}
+    assert covered[1.0] == pytest.approx(38 / 75) and covered[4.0] == 0.0
+    # nothing meets the target: the least covered gain, flagged
+    worst = select_gain(lambda g, c: _two_blobs(75, torch.Generator().manual_seed(int(g * 10)))[1][: 70 - int(g)], bank, negation)
+    assert worst.gain == 16.0 and not worst.meets_target
+
+
+def test_select_gain_reports_bad_input():
+    negation = NegationSet(torch.randn(5, 3))
+    with pytest.raises(ValueError, match="too small"):
+        select_gain(lambda g, c: torch.zeros(2, 3), torch.randn(3, 3), negation)
+    with pytest.raises(ValueError, match="ladder is empty"):
+        select_gain(lambda g, c: torch.zeros(2, 3), torch.randn(40, 3), negation, ladder=())
+    assert coverage_cut(100, 300) == pytest.approx(0.125)
+
+
+@pytest.mark.parametrize("dim", [2, 64])
+def test_ring_mixture_neighbours_are_spacing_spreads_apart(dim):
+    mix = make_ring_mixture(dim, n_components=12, spacing=5.0, std=0.15)
+    gaps = (mix.means - mix.means.roll(1, 0)).norm(dim=1)
+    assert torch.allclose(gaps, torch.full((12,), 0.75, dtype=torch.float64))
+    assert torch.linalg.matrix_rank(mix.means) == 2  # a ring in a plane of R^D
+    # the exact Bayes judge confuses neighbours at Phi(-spacing / 2) = 0.6%
+    x, labels = mix.sample(20000, torch.Generator().manual_seed(0))
+    error = float((mix.classify(x) != labels).double().mean())
+    assert abs(error - 2 * 0.5 * math.erfc(2.5 / math.sqrt(2))) < 0.004
+
+
+@pytest.mark.parametrize("family", ["adjacent", "mostly"])
+def test_toy_families_run_and_report_the_default_rule(family, tmp_path, one_thread):
+    from safedenoiser.bench.toy import ToyConfig, run_toy
+
+    one_each = {"paper": [1.0], "calibrated": [1.0], "substitution": [1.0], "reference": [1.0], "reference_bandwidth": [1.0],
+                "spell": [0.1], "spell_below": [0.5], "negative_guidance": [1.0]}
+    cfg = ToyConfig(dims=(2,), samples=100, negation=50, bank=200, steps=6, family=family, out=str(tmp_path / family),
+                    sweeps=one_each)
+    summary = run_toy(cfg, progress=False)
+    methods = {r["method"] for r in summary["records"]}
+    assert {"calibrated (default rule)", "substitution (default rule)"} <= methods
+    plain = next(r for r in summary["records"] if r["method"] == "plain")
+    assert plain["unsafe"] > (0.5 if family == "mostly" else 0.1)
+    assert f"family `{family}`" in (tmp_path / family / "toy.md").read_text()
+    with pytest.raises(ValueError, match="unknown mixture family"):
+        ToyConfig(family="nope")
