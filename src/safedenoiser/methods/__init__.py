@@ -4,8 +4,8 @@ from .base import CorrectedDenoiser, Correction, Proposal
 from .baselines import NegativeGuidance, SparseRepellency, repellency_shift
 from .calibration import GAIN_LADDER, Calibration, GainChoice, select_gain
 from .conditional import ConditionalCorrection, ReferenceSet, ReferenceSetError, posterior_spread
-from .safe import (MODES, CalibratedCorrection, PaperCorrection, ReferenceCodeCorrection, SubstitutionCorrection,
-                   make_correction, safe_denoiser)
+from .registry import MODE_CLASSES, MODES, make_correction, safe_denoiser
+from .safe import CalibratedCorrection, PaperCorrection, ReferenceCodeCorrection, SubstitutionCorrection, kernel_diagnostics
 from .safree import SafreeConfig, leave_one_out_embeddings, safree_embeddings, safree_step_mask
 from .sgf import KernelRepulsion
 from .sld import SLDConfig, sld_guidance
@@ -16,5 +16,5 @@ __all__ = [
     "PaperCorrection", "Proposal", "ReferenceCodeCorrection", "ReferenceSet", "ReferenceSetError", "SparseRepellency", "SubstitutionCorrection", "Window",
     "make_correction", "posterior_spread", "repellency_shift", "safe_denoiser",
     "KernelRepulsion", "SLDConfig", "SafreeConfig", "leave_one_out_embeddings", "safree_embeddings", "safree_step_mask",
-    "sld_guidance", "GAIN_LADDER", "GainChoice", "select_gain",
+    "sld_guidance", "GAIN_LADDER", "GainChoice", "select_gain", "MODE_CLASSES", "kernel_diagnostics",
 ]

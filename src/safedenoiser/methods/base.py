@@ -36,8 +36,11 @@ class Correction:
     """Base of every method acting on the predicted x0 with a negation set.
 
     ``window`` limits the noise levels where it acts; ``callback`` receives, at every call, a dict of
-    per-sample tensors: ``sigma``, ``active`` and the method's diagnostics.
+    per-sample tensors: ``sigma``, ``active`` and the method's diagnostics. A subclass names its knobs in
+    ``KNOBS`` (attributes of the same name), so :attr:`config` reads them back.
     """
+
+    KNOBS: tuple[str, ...] = ()
 
     def __init__(self, negation: NegationSet, *, window: Window | None = None, callback: DiagnosticsCallback | None = None,
                  chunk_size: int | None = None):
@@ -52,6 +55,15 @@ class Correction:
     def is_identity(self) -> bool:
         """True when the correction provably changes nothing (then the wrapped x0 is returned as is)."""
         return self.window.empty
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """The method's name, its knobs (plain values; objects such as a calibration by their repr) and its window."""
+        def plain(value: Any) -> Any:
+            return value if isinstance(value, (bool, int, float, str, type(None))) else repr(value)
+
+        return {"method": type(self).__name__, **{k: plain(getattr(self, k)) for k in self.KNOBS},
+                "window": [self.window.sigma_min, self.window.sigma_max]}
 
     def propose(self, x: Tensor, sigma: Tensor, x0: Tensor) -> Proposal:
         """Flattened (B, D) inputs in the compute dtype; ``sigma`` (B,)."""

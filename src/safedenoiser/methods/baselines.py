@@ -41,6 +41,8 @@ def repellency_shift(x0: Tensor, points: Tensor, radius: float, chunk_size: int 
 class SparseRepellency(Correction):
     """SPELL: push the predicted x0 out of every radius-r ball around a negation item (x0 + repellency_shift)."""
 
+    KNOBS = ("radius",)
+
     def __init__(self, negation: NegationSet, *, radius: float, **kwargs: Any):
         super().__init__(negation, **kwargs)
         if not radius >= 0 or not math.isfinite(radius):

@@ -49,7 +49,7 @@ from torch import Tensor
 
 from ..negation import NegationSet, NegationSetError
 from .base import Correction, Proposal
-from .calibration import negation_share
+from .calibration import coverage_cut, negation_share
 
 UPDATES = ("posterior", "substitute", "replace")
 ESTIMATORS = ("projection", "latch", "x0")
@@ -92,7 +92,7 @@ class ReferenceSet(NegationSet):
         if len(self) < 2:
             return (torch.cdist(self.flat.double(), negation.flat.double()).min(1).values == 0)
         n, m = len(negation), len(self)
-        return negation_share(self.flat, negation, neighbours) >= 0.5 * n / (n + m)
+        return negation_share(self.flat, negation, neighbours) >= coverage_cut(n, m)
 
     def check_against(self, negation: NegationSet) -> None:
         """Raise :class:`ReferenceSetError` unless item shapes match and some items are not covered by the negation set."""
@@ -132,6 +132,9 @@ class ConditionalCorrection(Correction):
     """
 
     acts_on_guided = True
+
+    KNOBS = ("reference", "gain", "bandwidth_scale", "sigma_data", "update", "log_threshold", "heading", "estimator",
+             "gate", "blend")
 
     def __init__(self, negation: NegationSet, reference: ReferenceSet, *, gain: float = 1.0, bandwidth_scale: float = 1.0,
                  sigma_data: float = 0.5, update: str = "posterior", log_threshold: float = -math.inf, heading: float = 1.0,

@@ -19,17 +19,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..kernels import gaussian_log_normaliser
+from ..kernels import KernelMoments, gaussian_log_normaliser
 from ..negation import NegationSet
-from .base import Correction, CorrectedDenoiser, Proposal
+from .base import Correction, Proposal
 from .calibration import Calibration
-
-MODES = ("paper", "calibrated", "substitution", "reference", "conditional")
-
 
 def safe_update(x0: Tensor, unsafe_mean: Tensor, weight: Tensor) -> Tensor:
     """x0 + w (x0 - E_unsafe) for x0, E_unsafe (B, D) and w (B,)."""
     return x0 + weight[:, None] * (x0 - unsafe_mean)
+
+
+def kernel_diagnostics(weight: Tensor, log_beta: Tensor, moments: KernelMoments) -> dict[str, Tensor]:
+    """Per-sample diagnostics of a kernel-weighted correction (B,): the weight, log beta, log sum_n k_n and the
+    largest normalised kernel weight (1 = one negation item dominates)."""
+    return {"weight": weight, "log_beta": log_beta, "log_kernel_mass": moments.log_mass,
+            "max_kernel_weight": torch.exp(moments.max_logit - moments.log_mass)}
 
 
 def _clipped_weight(log_weight: Tensor, max_weight: float) -> Tensor:
@@ -44,6 +48,8 @@ class PaperCorrection(Correction):
     The weight is clipped at ``max_weight`` so that it stays finite: unclipped, beta overflows float64
     in high dimension at small sigma.
     """
+
+    KNOBS = ("eta", "log_threshold", "max_weight")
 
     def __init__(self, negation: NegationSet, *, eta: float = 1.0, log_threshold: float = -math.inf,
                  max_weight: float = 1e6, **kwargs: Any):
@@ -63,13 +69,14 @@ class PaperCorrection(Correction):
         log_beta = moments.log_mass - math.log(len(self.negation)) + gaussian_log_normaliser(x.shape[1], sigma)
         weight = _clipped_weight(math.log(self.eta) + log_beta, self.max_weight)
         return Proposal(safe_update(x0, moments.mean, weight), log_beta > self.log_threshold,
-                        {"weight": weight, "log_beta": log_beta, "log_kernel_mass": moments.log_mass,
-                         "max_kernel_weight": torch.exp(moments.max_logit - moments.log_mass)})
+                        kernel_diagnostics(weight, log_beta, moments))
 
 
 class CalibratedCorrection(Correction):
     """w = gain * beta*(x, sigma) with beta* from :class:`Calibration` (kernel densities at one bandwidth, so the
     Gaussian normalisers cancel in any dimension); active where log beta* > ``log_threshold``; w <= max_weight."""
+
+    KNOBS = ("calibration", "gain", "log_threshold", "max_weight")
 
     def __init__(self, negation: NegationSet, calibration: Calibration, *, gain: float = 1.0,
                  log_threshold: float = -math.inf, max_weight: float = 100.0, **kwargs: Any):
@@ -93,8 +100,7 @@ class CalibratedCorrection(Correction):
         log_beta = self.calibration.log_beta_star(x, sigma, moments.log_mass - math.log(len(self.negation)))
         weight = _clipped_weight(math.log(self.gain) + log_beta, self.max_weight)
         return Proposal(safe_update(x0, moments.mean, weight), log_beta > self.log_threshold,
-                        {"weight": weight, "log_beta": log_beta, "log_kernel_mass": moments.log_mass,
-                         "max_kernel_weight": torch.exp(moments.max_logit - moments.log_mass)})
+                        kernel_diagnostics(weight, log_beta, moments))
 
 
 class SubstitutionCorrection(CalibratedCorrection):
@@ -109,14 +115,15 @@ class SubstitutionCorrection(CalibratedCorrection):
     ``log_threshold`` on log beta*, ``window``); the weight is bounded by 1, so ``max_weight`` is not used.
     """
 
+    KNOBS = ("calibration", "gain", "log_threshold")
+
     def propose(self, x: Tensor, sigma: Tensor, x0: Tensor) -> Proposal:
         moments = self.negation.moments(x, sigma, chunk_size=self.chunk_size)
         safe = self.calibration.safe_moments(x, sigma, with_mean=True)
         log_beta = self.calibration.log_beta_star(x, sigma, moments.log_mass - math.log(len(self.negation)), safe)
         r = torch.sigmoid(log_beta + math.log(self.gain))
         return Proposal(x0 + r[:, None] * (safe.mean - moments.mean), log_beta > self.log_threshold,
-                        {"weight": r, "log_beta": log_beta, "log_kernel_mass": moments.log_mass,
-                         "max_kernel_weight": torch.exp(moments.max_logit - moments.log_mass)})
+                        kernel_diagnostics(r, log_beta, moments))
 
 
 class ReferenceCodeCorrection(Correction):
@@ -129,6 +136,8 @@ class ReferenceCodeCorrection(Correction):
     the VAE latents and the re-noising with fresh noise after the update (the seam returns x0 and the
     sampler continues), and their batch size of one.
     """
+
+    KNOBS = ("bandwidth", "scale", "log_threshold")
 
     def __init__(self, negation: NegationSet, *, bandwidth: float = 1.0, scale: float = 0.1,
                  log_threshold: float = -math.inf, **kwargs: Any):
@@ -150,9 +159,7 @@ class ReferenceCodeCorrection(Correction):
     def propose(self, x: Tensor, sigma: Tensor, x0: Tensor) -> Proposal:
         log_beta, moments = self.log_beta(x0)
         return Proposal(x0 - self.scale * moments.mean, log_beta > self.log_threshold,
-                        {"weight": torch.full_like(log_beta, self.scale), "log_beta": log_beta,
-                         "log_kernel_mass": moments.log_mass,
-                         "max_kernel_weight": torch.exp(moments.max_logit - moments.log_mass)})
+                        kernel_diagnostics(torch.full_like(log_beta, self.scale), log_beta, moments))
 
     def threshold_from_negation(self, sigma: float, quantile: float = 0.0, seed: int = 42) -> float:
         """The ``quantile`` (default: the minimum, as the authors) over the negation items noised to ``sigma``
@@ -162,26 +169,3 @@ class ReferenceCodeCorrection(Correction):
         noised = flat + sigma * torch.randn(flat.shape, generator=gen).to(flat)
         log_beta, _ = self.log_beta(noised.to(self.negation.device))
         return float(torch.quantile(log_beta.double().cpu(), quantile))
-
-
-def make_correction(negation: NegationSet, mode: str = "paper", **knobs: Any) -> Correction:
-    """Build the correction of ``mode`` ('paper', 'calibrated', 'substitution', 'reference' or 'conditional'; the
-    last needs ``reference=ReferenceSet(...)``, see conditional.py) with its knobs."""
-    if mode == "paper":
-        return PaperCorrection(negation, **knobs)
-    if mode == "calibrated":
-        return CalibratedCorrection(negation, **knobs)
-    if mode == "substitution":
-        return SubstitutionCorrection(negation, **knobs)
-    if mode == "reference":
-        return ReferenceCodeCorrection(negation, **knobs)
-    if mode == "conditional":
-        from .conditional import ConditionalCorrection
-
-        return ConditionalCorrection(negation, **knobs)
-    raise ValueError(f"unknown safe-denoiser mode {mode!r}; choose one of {MODES}")
-
-
-def safe_denoiser(denoiser: Any, negation: NegationSet, mode: str = "paper", **knobs: Any) -> CorrectedDenoiser:
-    """The transform Denoiser -> Denoiser: ``D_safe(x, sigma) = correction(x, sigma, D(x, sigma))``."""
-    return CorrectedDenoiser(denoiser, make_correction(negation, mode, **knobs))

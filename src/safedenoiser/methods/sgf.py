@@ -39,6 +39,8 @@ class KernelRepulsion(Correction):
     (the largest k_m over sum k_m), ``shift_norm`` |x0' - x0|.
     """
 
+    KNOBS = ("scale", "ranks", "bandwidth", "log_threshold")
+
     def __init__(self, negation: NegationSet, *, scale: float = 0.03, ranks: tuple[int, int] = (4, 6),
                  bandwidth: str = "batch", log_threshold: float = -math.inf, **kwargs: Any):
         super().__init__(negation, **kwargs)
