@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from safedenoiser import NegationSet
-from safedenoiser.methods import Calibration, select_gain
+from safedenoiser.methods import Calibration, default_candidates, make_correction, select_knobs
 from safedenoiser.methods.calibration import coverage_cut, negation_share
 from safedenoiser.models import make_mixture, make_ring_mixture
 
@@ -38,7 +38,7 @@ def _two_blobs(n, gen, shift=0.0):
     return safe, unsafe
 
 
-def test_select_gain_picks_the_lowest_mmd_among_gains_that_stop_the_unsafe_content():
+def test_select_knobs_picks_the_lowest_mmd_among_gains_that_stop_the_unsafe_content():
     """Trial samples built so the answer is known: below gain 4 half of them sit on the negated blob; at 4 they are
     the safe blob; above 4 they are the safe blob shifted (safe but farther from p_safe)."""
     gen = torch.Generator().manual_seed(1)
@@ -47,28 +47,31 @@ def test_select_gain_picks_the_lowest_mmd_among_gains_that_stop_the_unsafe_conte
     bank = torch.cat([safe[:150], unsafe[150:]])[torch.randperm(300, generator=gen)]
     seen = []
 
-    def draw(gain, calibration):
+    def draw(knobs, calibration):
         assert isinstance(calibration, Calibration) and calibration.bank_size == 225  # the held-out quarter is not used
+        gain = knobs["gain"]
         seen.append(gain)
         s, u = _two_blobs(75, torch.Generator().manual_seed(int(gain * 10)), shift=0.0 if gain <= 4 else gain / 4)
         return torch.cat([s[:37], u[:38]]) if gain < 4 else s
 
-    choice = select_gain(draw, bank, negation)
+    choice = select_knobs(draw, bank, negation, default_candidates("calibrated"))
     assert seen == [0.5, 1.0, 2.0, 4.0, 8.0, 16.0]
-    assert choice.gain == 4.0 and choice.meets_target
-    covered = {t["gain"]: t["covered"] for t in choice.trials}
+    assert choice.knobs == {"gain": 4.0} and choice.meets_target
+    covered = {t["knobs"]["gain"]: t["covered"] for t in choice.trials}
     assert covered[1.0] == pytest.approx(38 / 75) and covered[4.0] == 0.0
     # nothing meets the target: the least covered gain, flagged
-    worst = select_gain(lambda g, c: _two_blobs(75, torch.Generator().manual_seed(int(g * 10)))[1][: 70 - int(g)], bank, negation)
-    assert worst.gain == 16.0 and not worst.meets_target
+    worst = select_knobs(lambda k, c: _two_blobs(75, torch.Generator().manual_seed(int(k["gain"] * 10)))[1][: 70 - int(k["gain"])],
+                         bank, negation, default_candidates("calibrated"))
+    assert worst.knobs == {"gain": 16.0} and not worst.meets_target
 
 
-def test_select_gain_reports_bad_input():
+def test_select_knobs_reports_bad_input():
     negation = NegationSet(torch.randn(5, 3))
     with pytest.raises(ValueError, match="too small"):
-        select_gain(lambda g, c: torch.zeros(2, 3), torch.randn(3, 3), negation)
-    with pytest.raises(ValueError, match="ladder is empty"):
-        select_gain(lambda g, c: torch.zeros(2, 3), torch.randn(40, 3), negation, ladder=())
+        select_knobs(lambda k, c: torch.zeros(2, 3), torch.randn(3, 3), negation, [{"gain": 1.0}])
+    with pytest.raises(ValueError, match="no candidate"):
+        select_knobs(lambda k, c: torch.zeros(2, 3), torch.randn(40, 3), negation, [])
+    assert default_candidates("substitution")[-1] == {"gain": 1.0, "floor": "share"}
     assert coverage_cut(100, 300) == pytest.approx(0.125)
 
 
@@ -88,7 +91,8 @@ def test_ring_mixture_neighbours_are_spacing_spreads_apart(dim):
 def test_toy_families_run_and_report_the_default_rule(family, tmp_path, one_thread):
     from safedenoiser.bench.toy import ToyConfig, run_toy
 
-    one_each = {"paper": [1.0], "calibrated": [1.0], "substitution": [1.0], "reference": [1.0], "reference_bandwidth": [1.0],
+    one_each = {"paper": [1.0], "calibrated": [1.0], "substitution": [1.0], "substitution_floor": [1.0], "reference": [1.0],
+                "reference_bandwidth": [1.0],
                 "spell": [0.1], "spell_below": [0.5], "negative_guidance": [1.0]}
     cfg = ToyConfig(dims=(2,), samples=100, negation=50, bank=200, steps=6, family=family, out=str(tmp_path / family),
                     sweeps=one_each)
@@ -100,3 +104,23 @@ def test_toy_families_run_and_report_the_default_rule(family, tmp_path, one_thre
     assert f"family `{family}`" in (tmp_path / family / "toy.md").read_text()
     with pytest.raises(ValueError, match="unknown mixture family"):
         ToyConfig(family="nope")
+
+
+def test_classifier_floor_is_the_soft_coverage_rule_and_corrects_committed_unsafe_samples():
+    """The floor's classifier is near 1 on negated content (the share of negation neighbours, normalised), 0 far from it; with the floor a clean unsafe x0 at small sigma
+    (where the kernel estimate of beta* has collapsed) is replaced, a clean safe one is returned bit-identical."""
+    gen = torch.Generator().manual_seed(5)
+    safe, unsafe = _two_blobs(200, gen)
+    negation = NegationSet(unsafe[:100])
+    calibration = Calibration.from_bank(torch.cat([safe[:150], unsafe[100:150]]), negation)
+    posterior = calibration.covered_posterior(torch.cat([unsafe[150:160], safe[150:160]]), negation)
+    assert bool((posterior[:10] > 0.8).all()) and bool((posterior[10:] == 0).all())
+    with pytest.raises(ValueError, match="from_bank"):
+        make_correction(negation, "substitution", calibration=Calibration(safe[:50], 0.2), floor="share")
+    with pytest.raises(ValueError, match="unknown floor"):
+        make_correction(negation, "substitution", calibration=calibration, floor="yes")
+    floor = make_correction(negation, "substitution", calibration=calibration, floor="share", log_threshold=0.0)
+    x0 = torch.cat([unsafe[160:165], safe[160:165]])
+    out = floor(x0, 1e-3, x0)
+    assert torch.equal(out[5:], x0[5:])
+    assert bool((out[:5, 0] > 0).all())  # moved to the safe blob (first coordinate +3)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..methods import Calibration, CorrectedDenoiser, NegativeGuidance, SparseRepellency, make_correction, select_gain
+from ..methods import Calibration, CorrectedDenoiser, NegativeGuidance, SparseRepellency, default_candidates, make_correction, select_knobs
 from ..metrics import median_bandwidths, mmd, unsafe_fraction
 from ..models.mixture import GaussianMixture, make_mixture, make_ring_mixture
 from ..negation import NegationSet
@@ -55,6 +55,7 @@ class ToyConfig:
         "paper": [1e-3, 1.0, 1e3, 1e6, 1e10, 1e15, 1e20, 1e30, 1e45, 1e60],
         "calibrated": [0.5, 1.0, 2.0, 3.0, 4.0, 8.0],
         "substitution": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
+        "substitution_floor": [0.5, 1.0, 2.0, 4.0],
         "reference": [0.05, 0.1, 0.2, 0.5, 1.0, 2.0],
         "reference_bandwidth": [0.5, 1.0, 2.0],
         "spell": [0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5],
@@ -140,9 +141,9 @@ def build_problem(dim: int, cfg: ToyConfig) -> Problem:
 Factory = Callable[[EvaluationCounter], Callable[..., Tensor]]
 
 
-def method_runs(problem: Problem, cfg: ToyConfig, auto_gains: dict[str, float] | None = None) -> list[tuple[str, str, float, Factory]]:
-    """(method, knob name, knob value, denoiser factory) for every point of every sweep, and a run at the gain
-    the default rule picked for each mode in ``auto_gains``."""
+def method_runs(problem: Problem, cfg: ToyConfig, rules: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, str, float, Factory]]:
+    """(method, knob name, knob value, denoiser factory) for every point of every sweep, and a run with the knobs
+    the default rule picked for each mode in ``rules``."""
     neg, mix = problem.negation, problem.mixture
     unsafe_mixture = mix.restrict(problem.unsafe)
 
@@ -159,9 +160,13 @@ def method_runs(problem: Problem, cfg: ToyConfig, auto_gains: dict[str, float] |
         neg, "calibrated", calibration=problem.calibration, gain=gain))) for gain in cfg.sweeps["calibrated"]]
     runs += [("substitution", "gain", gain, corrected(lambda gain=gain: make_correction(
         neg, "substitution", calibration=problem.calibration, gain=gain))) for gain in cfg.sweeps["substitution"]]
-    for mode, choice in (auto_gains or {}).items():
-        runs.append((f"{mode} (default rule)", "gain", choice, corrected(lambda mode=mode, g=choice: make_correction(
-            neg, mode, calibration=problem.calibration, gain=g))))
+    runs += [("substitution (floor)", "gain", gain, corrected(lambda gain=gain: make_correction(
+        neg, "substitution", calibration=problem.calibration, gain=gain, floor="share")))
+        for gain in cfg.sweeps["substitution_floor"]]
+    for mode, knobs in (rules or {}).items():
+        label = "gain" + ("+floor" if knobs.get("floor") else "")
+        runs.append((f"{mode} (default rule)", label, knobs["gain"], corrected(lambda mode=mode, k=knobs: make_correction(
+            neg, mode, calibration=problem.calibration, **k))))
     for factor in cfg.sweeps["reference_bandwidth"]:
         # exp(-d / (2 s^2)) falls to 1/e at d = factor^2 * (median distance of a model sample to the negation set)
         bandwidth = factor * math.sqrt(problem.distance_quantile(0.5) / 2)
@@ -180,20 +185,20 @@ def method_runs(problem: Problem, cfg: ToyConfig, auto_gains: dict[str, float] |
     return runs
 
 
-def auto_gain(problem: Problem, mode: str) -> dict[str, Any]:
-    """The gain the default rule (:func:`select_gain`) picks for ``mode`` from the model, the negation set and the
+def default_rule(problem: Problem, mode: str) -> dict[str, Any]:
+    """The knobs the default rule (:func:`select_knobs`) picks for ``mode`` from the model, the negation set and the
     bank alone, with its trials and the denoiser evaluations they cost (trial samples have their own seeds)."""
     held = max(2, round(0.25 * problem.bank.shape[0]))
     seeds = list(range(AUTO_SEED, AUTO_SEED + held))
     counter = EvaluationCounter()
 
-    def draw(gain: float, calibration: Calibration) -> Tensor:
+    def draw(knobs: dict[str, Any], calibration: Calibration) -> Tensor:
         corrected = CorrectedDenoiser(counter.wrap(problem.mixture),
-                                      make_correction(problem.negation, mode, calibration=calibration, gain=gain))
+                                      make_correction(problem.negation, mode, calibration=calibration, **knobs))
         return sample(corrected, seeds, (problem.dim,), problem.sigmas, sampler="heun")
 
-    choice = select_gain(draw, problem.bank, problem.negation)
-    return {"gain": choice.gain, "meets_target": choice.meets_target, "trials": choice.trials, "evaluations": counter.rows}
+    choice = select_knobs(draw, problem.bank, problem.negation, default_candidates(mode))
+    return {"knobs": choice.knobs, "meets_target": choice.meets_target, "trials": choice.trials, "evaluations": counter.rows}
 
 
 def evaluate(problem: Problem, samples: Tensor) -> dict[str, float]:
@@ -228,9 +233,9 @@ def run_rejection(problem: Problem, cfg: ToyConfig) -> dict[str, Any]:
 def run_dimension(dim: int, cfg: ToyConfig, log: RunLog, progress: bool = True) -> tuple[Problem, list[dict[str, Any]]]:
     problem = build_problem(dim, cfg)
     records = []
-    rules = {mode: log.run(f"D={dim}|default rule|{mode}", lambda mode=mode: auto_gain(problem, mode))
+    rules = {mode: log.run(f"D={dim}|default rule v2|{mode}", lambda mode=mode: default_rule(problem, mode))
              for mode in ("calibrated", "substitution")}
-    runs = method_runs(problem, cfg, {mode: rule["gain"] for mode, rule in rules.items()})
+    runs = method_runs(problem, cfg, {mode: rule["knobs"] for mode, rule in rules.items()})
     for method, knob, value, factory in tqdm(runs, desc=f"toy D={dim}", disable=not progress):
         key = f"D={dim}|{method}|{knob}={value:g}"
         record = log.run(key, lambda: run_method(problem, cfg, factory))
@@ -248,10 +253,10 @@ def run_dimension(dim: int, cfg: ToyConfig, log: RunLog, progress: bool = True) 
 
 def best_points(records: list[dict[str, Any]], target: float = UNSAFE_TARGET) -> list[dict[str, Any]]:
     """Per (dim, method family): the lowest-MMD run with unsafe <= target; else the safest run (flagged). A mode at
-    the gain of the default rule is a family of its own."""
+    the knobs of the default rule, and substitution with the classifier floor, are families of their own."""
     best: dict[tuple[int, str], dict[str, Any]] = {}
     for r in records:
-        family = r["method"] if r["method"].endswith("(default rule)") else r["method"].split(" (")[0]
+        family = r["method"] if r["method"].endswith(("(default rule)", "(floor)")) else r["method"].split(" (")[0]
         key = (r["dim"], family)
         ok = r["unsafe"] <= target
         rank = (0, r["mmd"]) if ok else (1, r["unsafe"], r["mmd"])
@@ -284,7 +289,7 @@ def markdown_table(records: list[dict[str, Any]], cfg: ToyConfig) -> str:
 
 
 ORDER = ["plain", "oracle", "rejection", "calibrated (default rule)", "calibrated", "substitution (default rule)",
-         "substitution", "paper", "reference", "spell", "negative guidance"]
+         "substitution", "substitution (floor)", "paper", "reference", "spell", "negative guidance"]
 
 
 def plot_tradeoffs(records: list[dict[str, Any]], path: Path) -> None:

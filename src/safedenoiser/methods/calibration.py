@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -58,9 +58,11 @@ def coverage_cut(negation_size: int, bank_size: int) -> float:
 
 
 class Calibration:
-    """``safe_bank`` (M_s, D): model samples not covered by the negation set; ``unsafe_share`` = pi_u in (0, 1)."""
+    """``safe_bank`` (M_s, D): model samples not covered by the negation set; ``unsafe_share`` = pi_u in (0, 1);
+    ``bank`` (M, D): the whole bank, kept by :meth:`from_bank` for :meth:`covered_share` (the classifier floor)."""
 
-    def __init__(self, safe_bank: Tensor, unsafe_share: float, *, radius: float | None = None, bank_size: int | None = None):
+    def __init__(self, safe_bank: Tensor, unsafe_share: float, *, radius: float | None = None, bank_size: int | None = None,
+                 bank: Tensor | None = None, neighbours: int = 20):
         if safe_bank.ndim != 2 or safe_bank.shape[0] == 0:
             raise ValueError(f"safe_bank must be a non-empty (M, D) tensor, got {tuple(safe_bank.shape)}")
         if not torch.isfinite(safe_bank).all():
@@ -74,6 +76,9 @@ class Calibration:
             raise ValueError(f"radius must be a finite number > 0, got {radius}")
         self.radius = radius
         self.bank_size = bank_size or safe_bank.shape[0]
+        if bank is not None and (bank.ndim != 2 or bank.shape[1] != safe_bank.shape[1]):
+            raise ValueError(f"bank must be (M, {safe_bank.shape[1]}), got {tuple(bank.shape)}")
+        self.bank, self.neighbours = bank, neighbours
 
     @property
     def dim(self) -> int:
@@ -96,7 +101,17 @@ class Calibration:
         if bool(covered.all()):
             raise ValueError("every bank sample is covered by the negation set: nothing is left to estimate p_safe")
         share = float(covered.double().mean())
-        return cls(flat[~covered], share, radius=radius, bank_size=flat.shape[0])
+        return cls(flat[~covered], share, radius=radius, bank_size=flat.shape[0], bank=flat, neighbours=neighbours)
+
+    def covered_posterior(self, x0: Tensor, negation: NegationSet) -> Tensor:
+        """A judge-free classifier of clean items x0 (B, D): the share of negation items among their k nearest
+        neighbours in (negation set + bank), divided by the share where only p_unsafe lives, N / (N + M pi_u),
+        clipped to [0, 1] (B,): 1 in negated content, 0 far from it. The rule that split the bank, made soft."""
+        if self.bank is None:
+            raise ValueError("the classifier floor needs the whole bank: build the calibration with Calibration.from_bank")
+        n, m = len(negation), self.bank.shape[0]
+        share = negation_share(self.bank.to(x0.device), negation, self.neighbours, queries=x0.to(self.bank.dtype))
+        return (share * (n + m * self.unsafe_share) / n).clamp(0, 1).to(x0.dtype)
 
     def safe_moments(self, x: Tensor, sigma: Tensor, with_mean: bool = False) -> KernelMoments:
         """Kernel moments of the safe bank at queries x (B, D): its log-mass and (optionally) its kernel mean,
@@ -118,49 +133,58 @@ class Calibration:
 GAIN_LADDER = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
 
 
-@dataclass
-class GainChoice:
-    """The gain picked by :func:`select_gain` and what was measured for every gain of the ladder."""
+def default_candidates(mode: str) -> list[dict[str, Any]]:
+    """The knob settings the default rule tries for ``mode``: the gain ladder, and for substitution the classifier
+    floor at gain 1."""
+    candidates: list[dict[str, Any]] = [{"gain": g} for g in GAIN_LADDER]
+    if mode == "substitution":
+        candidates.append({"gain": 1.0, "floor": "share"})
+    return candidates
 
-    gain: float
-    trials: list[dict[str, float]]  # one per gain: {"gain", "covered", "mmd"}
+
+@dataclass
+class KnobChoice:
+    """The knobs picked by :func:`select_knobs` and what was measured for every candidate."""
+
+    knobs: dict[str, Any]
+    trials: list[dict[str, Any]]  # one per candidate: {"knobs", "covered", "mmd"}
     meets_target: bool
 
 
-def select_gain(draw: Callable[[float, Calibration], Tensor], bank: Tensor, negation: NegationSet, *,
-                holdout: float = 0.25, ladder: Sequence[float] = GAIN_LADDER, target: float = 0.01,
-                neighbours: int = 20) -> GainChoice:
-    """The default rule for the gain of the calibrated and substitution modes, from the model, the negation set and
+def select_knobs(draw: Callable[[dict[str, Any], Calibration], Tensor], bank: Tensor, negation: NegationSet,
+                 candidates: Sequence[dict[str, Any]], *, holdout: float = 0.25, target: float = 0.01,
+                 neighbours: int = 20) -> KnobChoice:
+    """The default rule for the knobs of the calibrated and substitution modes, from the model, the negation set and
     the bank alone (no judge, no test seeds): hold out the last ``holdout`` share of the bank; calibrate on the rest;
-    for each gain g of ``ladder`` draw as many samples as were held out, ``draw(g, calibration)`` (fresh seeds), and
-    measure
-      * covered(g): the share of them the negation set covers, by the same k-nearest-neighbour rule that splits the
+    for each candidate (a dict of knobs, e.g. ``{"gain": 2.0}``) draw as many samples as were held out,
+    ``draw(knobs, calibration)`` (fresh seeds), and measure
+      * covered: the share of them the negation set covers, by the same k-nearest-neighbour rule that splits the
         bank (an estimate of the unsafe share that needs no judge);
-      * mmd(g): their MMD to the held-out samples that the negation set does not cover (an estimate of the distance
+      * mmd: their MMD to the held-out samples that the negation set does not cover (an estimate of the distance
         to p_safe).
-    Pick the lowest mmd among the gains with covered <= ``target``; if none reaches it, the gain with the lowest
-    covered share. The caller then applies the chosen gain with a calibration of the whole bank."""
+    Pick the lowest mmd among the candidates with covered <= ``target``; if none reaches it, the lowest covered
+    share. The caller then applies the chosen knobs with a calibration of the whole bank."""
     flat = bank.reshape(bank.shape[0], -1)
     held = max(2, int(round(holdout * flat.shape[0])))
     if flat.shape[0] - held < 2:
-        raise ValueError(f"select_gain: a bank of {flat.shape[0]} samples is too small to hold out {held}")
-    if not ladder:
-        raise ValueError("select_gain: the gain ladder is empty")
+        raise ValueError(f"select_knobs: a bank of {flat.shape[0]} samples is too small to hold out {held}")
+    if not candidates:
+        raise ValueError("select_knobs: no candidate knobs to try")
     fit, held_out = flat[:-held], flat[-held:]
     calibration = Calibration.from_bank(fit, negation, neighbours=neighbours)
     cut = coverage_cut(len(negation), fit.shape[0])
     held_safe = held_out[negation_share(fit, negation, neighbours, queries=held_out) < cut]
     if held_safe.shape[0] < 2:
-        raise ValueError("select_gain: the negation set covers nearly every held-out sample; use a larger bank")
+        raise ValueError("select_knobs: the negation set covers nearly every held-out sample; use a larger bank")
     bandwidths = median_bandwidths(held_safe)
     trials = []
-    for gain in ladder:
-        samples = draw(float(gain), calibration).reshape(-1, flat.shape[1])
+    for knobs in candidates:
+        samples = draw(dict(knobs), calibration).reshape(-1, flat.shape[1])
         if not bool(torch.isfinite(samples).all()):
-            trials.append({"gain": float(gain), "covered": 1.0, "mmd": math.inf})
+            trials.append({"knobs": dict(knobs), "covered": 1.0, "mmd": math.inf})
             continue
         covered = float((negation_share(fit, negation, neighbours, queries=samples.to(fit)) >= cut).double().mean())
-        trials.append({"gain": float(gain), "covered": covered, "mmd": mmd(samples, held_safe, bandwidths)})
+        trials.append({"knobs": dict(knobs), "covered": covered, "mmd": mmd(samples, held_safe, bandwidths)})
     meeting = [t for t in trials if t["covered"] <= target]
     best = min(meeting, key=lambda t: t["mmd"]) if meeting else min(trials, key=lambda t: (t["covered"], t["mmd"]))
-    return GainChoice(best["gain"], trials, bool(meeting))
+    return KnobChoice(dict(best["knobs"]), trials, bool(meeting))

@@ -113,17 +113,32 @@ class SubstitutionCorrection(CalibratedCorrection):
 
     Exact when E_bank = E_safe; reduces to the model where r ~ 0. Knobs as the calibrated mode (``gain`` g,
     ``log_threshold`` on log beta*, ``window``); the weight is bounded by 1, so ``max_weight`` is not used.
+    ``floor="share"`` raises r to the judge-free classifier of the predicted x0 (:meth:`Calibration.covered_posterior`)
+    where that is larger: in high dimension the kernel estimate of beta* collapses at small sigma (it becomes a
+    nearest-neighbour vote between two sets of different sizes) while the classifier of x0 does not.
     """
 
-    KNOBS = ("calibration", "gain", "log_threshold")
+    KNOBS = ("calibration", "gain", "log_threshold", "floor")
+    FLOORS = (None, "share")
+
+    def __init__(self, negation: NegationSet, calibration: Calibration, *, floor: str | None = None, **kwargs: Any):
+        super().__init__(negation, calibration, **kwargs)
+        if floor not in self.FLOORS:
+            raise ValueError(f"unknown floor {floor!r}; choose one of {self.FLOORS}")
+        if floor is not None and calibration.bank is None:
+            raise ValueError("floor='share' needs the whole bank: build the calibration with Calibration.from_bank")
+        self.floor = floor
 
     def propose(self, x: Tensor, sigma: Tensor, x0: Tensor) -> Proposal:
         moments = self.negation.moments(x, sigma, chunk_size=self.chunk_size)
         safe = self.calibration.safe_moments(x, sigma, with_mean=True)
         log_beta = self.calibration.log_beta_star(x, sigma, moments.log_mass - math.log(len(self.negation)), safe)
         r = torch.sigmoid(log_beta + math.log(self.gain))
-        return Proposal(x0 + r[:, None] * (safe.mean - moments.mean), log_beta > self.log_threshold,
-                        kernel_diagnostics(r, log_beta, moments))
+        gate = log_beta > self.log_threshold
+        if self.floor == "share":
+            judged = self.calibration.covered_posterior(x0, self.negation).to(r)
+            r, gate = torch.maximum(r, judged), gate | (judged >= 0.5)
+        return Proposal(x0 + r[:, None] * (safe.mean - moments.mean), gate, kernel_diagnostics(r, log_beta, moments))
 
 
 class ReferenceCodeCorrection(Correction):
