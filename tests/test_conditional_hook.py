@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
-sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)
 
-from test_pipelines_hook import STEPS, _expected_x0, run, with_scheduler  # noqa: E402
-from tiny_pipelines import IMAGE_SIZE, tiny_sd  # noqa: E402
+from tiny_pipelines import IMAGE_SIZE, STEPS, expected_x0, run, with_scheduler  # noqa: E402
 
 from safedenoiser import NegationSet, make_correction  # noqa: E402
 from safedenoiser.methods import ReferenceSet  # noqa: E402
 from safedenoiser.pipelines import attach_safe_denoiser  # noqa: E402
 
 SHAPE = (4, IMAGE_SIZE // 2, IMAGE_SIZE // 2)
-
-
-@pytest.fixture(scope="module")
-def sd(tmp_path_factory):
-    return tiny_sd(tmp_path_factory.mktemp("sd"))
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +42,8 @@ def test_scheduler_uses_the_corrected_guided_x0(sd, sets, guidance):
     def step(model_output, timestep, sample, *args, **kwargs):
         branches = raw.pop()
         plain = branches if guidance == 1.0 else branches[:1] + guidance * (branches[1:] - branches[:1])
-        x0, x, sigma = _expected_x0("ddim", sched, timestep, sample, plain)
-        used, _, _ = _expected_x0("ddim", sched, timestep, sample, model_output)
+        x0, x, sigma = expected_x0("ddim", sched, timestep, sample, plain)
+        used, _, _ = expected_x0("ddim", sched, timestep, sample, model_output)
         checked.append((used, correction(x, sigma, x0), x0))
         return type(sched).step(sched, model_output, timestep, sample, *args, **kwargs)
 

@@ -5,28 +5,8 @@ import math
 import pytest
 import torch
 
+from safedenoiser.bench.naive import naive_moments
 from safedenoiser.kernels import kernel_moments, nearest_neighbours
-
-
-def explicit_distances(x, points, distance="squared"):
-    """(B, N) distances from explicit differences x - x_n, one row at a time, in float64 (no matmul trick)."""
-    rows = []
-    for b in range(x.shape[0]):
-        diff = points.double() - x[b].double()
-        rows.append((diff * diff).sum(1))
-    dist = torch.stack(rows)
-    return dist.sqrt() if distance == "euclidean" else dist
-
-
-def brute_force(x, points, bandwidth, distance="squared", dist=None):
-    """log sum_n exp(l_n) and the softmax mean in float64."""
-    dist = explicit_distances(x, points, distance) if dist is None else dist
-    log_mass, means = [], []
-    for b in range(x.shape[0]):
-        logits = -dist[b] / (2 * bandwidth[b] ** 2)
-        log_mass.append(torch.logsumexp(logits, 0))
-        means.append(torch.softmax(logits, 0) @ points.double())
-    return torch.stack(log_mass), torch.stack(means)
 
 
 def assert_close_relative(value, reference, tol):
@@ -40,11 +20,10 @@ def test_matches_float64_brute_force(n, dim):
     points = torch.randn(n, dim, generator=gen, dtype=torch.float64)
     x = torch.cat([points[:1] + 0.01 * torch.randn(1, dim, generator=gen, dtype=torch.float64),
                    torch.randn(1, dim, generator=gen, dtype=torch.float64)])
-    dist = explicit_distances(x, points)
     for sigma in (1e-3, 1e-2, 1e-1, 1.0, 10.0, 1e3):
         bandwidth = torch.full((2,), sigma, dtype=torch.float64)
         moments = kernel_moments(x, points, bandwidth, chunk_size=777)
-        ref_mass, ref_mean = brute_force(x, points, bandwidth, dist=dist)
+        ref_mass, ref_mean, _ = naive_moments(x, points, bandwidth, rows=1)
         assert_close_relative(moments.log_mass, ref_mass, 1e-5)
         err = (moments.mean - ref_mean).norm(dim=1) / ref_mean.norm(dim=1).clamp_min(1e-12)
         assert float(err.max()) <= 1e-5, sigma
@@ -58,7 +37,7 @@ def test_per_sample_bandwidth_and_plain_distance():
     bandwidth = torch.tensor([0.01, 0.3, 1.0, 30.0], dtype=torch.float64)
     for distance in ("squared", "euclidean"):
         moments = kernel_moments(x, points, bandwidth, distance=distance, chunk_size=64)
-        ref_mass, ref_mean = brute_force(x, points, bandwidth, distance)
+        ref_mass, ref_mean, _ = naive_moments(x, points, bandwidth, distance, rows=1)
         assert_close_relative(moments.log_mass, ref_mass, 1e-10)
         assert torch.allclose(moments.mean, ref_mean, rtol=1e-9, atol=1e-12)
 
@@ -69,7 +48,7 @@ def test_float32_storage_matches_at_moderate_noise():
     x = torch.randn(3, 256, generator=gen)
     bandwidth = torch.full((3,), 5.0, dtype=torch.float64)
     moments = kernel_moments(x, points, 5.0)
-    ref_mass, ref_mean = brute_force(x, points, bandwidth)
+    ref_mass, ref_mean, _ = naive_moments(x.double(), points.double(), bandwidth, rows=1)
     assert moments.log_mass.dtype == torch.float32
     assert_close_relative(moments.log_mass, ref_mass, 1e-5)
     assert torch.allclose(moments.mean.double(), ref_mean, atol=1e-4)

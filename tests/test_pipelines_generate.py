@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +11,9 @@ import torch
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
-sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)
 
-from tiny_pipelines import IMAGE_SIZE, tiny_sd  # noqa: E402
+from tiny_pipelines import IMAGE_SIZE  # noqa: E402
 
 from safedenoiser import NegationSet, NegationSetError  # noqa: E402
 from safedenoiser.cli import main  # noqa: E402
@@ -23,14 +21,6 @@ from safedenoiser.imageio import ImageReadError, list_images  # noqa: E402
 from safedenoiser.pipelines import attach_safe_denoiser  # noqa: E402
 from safedenoiser.pipelines.generate import generate, read_prompts  # noqa: E402
 from safedenoiser.pipelines.negation_build import build_negation_set, vae_encoder  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("model")
-    pipe = tiny_sd(root / "build")
-    pipe.save_pretrained(root / "sd")
-    return root / "sd"
 
 
 @pytest.fixture(scope="module")

@@ -3,25 +3,21 @@
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
-sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)
 
 import diffusers  # noqa: E402
-from tiny_pipelines import IMAGE_SIZE, tiny_sd, tiny_sd3, tiny_vae  # noqa: E402
+from tiny_pipelines import IMAGE_SIZE, STEPS, expected_x0, run, tiny_sd3, tiny_vae, with_scheduler  # noqa: E402
 
 from safedenoiser import Calibration, NegationSet, NegationSetError, Window, make_correction  # noqa: E402
 from safedenoiser.pipelines import UnsupportedPipelineError, attach_safe_denoiser  # noqa: E402
 from safedenoiser.pipelines.negation_build import vae_metadata  # noqa: E402
 
-STEPS = 4
 SCHEDULERS = ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
               "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
               "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler",
@@ -32,11 +28,6 @@ ON = {"mode": "calibrated", "calibration": Calibration(torch.randn(30, 4 * (IMAG
 
 
 @pytest.fixture(scope="module")
-def sd(tmp_path_factory):
-    return tiny_sd(tmp_path_factory.mktemp("sd"))
-
-
-@pytest.fixture(scope="module")
 def sd3(tmp_path_factory):
     return tiny_sd3(tmp_path_factory.mktemp("sd3"))
 
@@ -44,20 +35,6 @@ def sd3(tmp_path_factory):
 @pytest.fixture(scope="module")
 def negation():
     return NegationSet(torch.randn(20, 4, IMAGE_SIZE // 2, IMAGE_SIZE // 2, generator=torch.Generator().manual_seed(1)))
-
-
-def run(pipe, seed=0, guidance=1.0, **kw):
-    kw = {"num_inference_steps": STEPS, "height": IMAGE_SIZE, "width": IMAGE_SIZE, "output_type": "latent",
-          "guidance_scale": guidance, **kw}
-    if isinstance(pipe, diffusers.StableDiffusion3Pipeline):
-        kw["max_sequence_length"] = 16
-    return torch.as_tensor(pipe("a photo", generator=torch.Generator().manual_seed(seed), **kw).images)
-
-
-def with_scheduler(pipe, name, **config):
-    base = {k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")}
-    pipe.scheduler = getattr(diffusers, name).from_config({**base, **config})
-    return pipe
 
 
 @pytest.mark.parametrize("name", SCHEDULERS)
@@ -86,22 +63,6 @@ def test_sd3_flow_off_is_bit_identical(sd3, negation):
         assert not torch.equal(run(sd3, guidance=3.0), plain)
 
 
-def _expected_x0(kind, sched, t, sample, out):
-    """The plain x0 and VE (x, sigma) the scheduler's math implies, written from the schedulers' formulas."""
-    if kind == "flow":
-        s = float(sched.sigmas[sched.step_index if sched.step_index is not None else 0])
-        return sample - s * out, sample / (1 - s), (s / (1 - s) if s < 1 else math.inf)
-    if kind == "euler":
-        sigma = float(sched.sigmas[sched.step_index if sched.step_index is not None else 0])
-        if sched.config.prediction_type == "epsilon":
-            return sample - sigma * out, sample, sigma
-        return -sigma / math.sqrt(sigma**2 + 1) * out + sample / (sigma**2 + 1), sample, sigma
-    abar = float(sched.alphas_cumprod[int(t)])
-    a, s = math.sqrt(abar), math.sqrt(1 - abar)
-    x0 = (sample - s * out) / a if sched.config.prediction_type == "epsilon" else a * sample - s * out
-    return x0, sample / a, s / a
-
-
 @pytest.mark.parametrize("case", ["ddim-eps", "ddim-v", "euler-eps", "euler-v", "flow", "ddim-reference"])
 @pytest.mark.parametrize("guidance", [1.0, 4.0])
 def test_scheduler_x0_is_the_safe_x0(sd, sd3, negation, case, guidance):
@@ -126,8 +87,8 @@ def test_scheduler_x0_is_the_safe_x0(sd, sd3, negation, case, guidance):
     def step(model_output, timestep, sample, *args, **kwargs):
         branches = raw.pop()
         plain = branches if guidance == 1.0 else branches[:1] + guidance * (branches[1:] - branches[:1])
-        x0, x, sigma = _expected_x0(kind, sched, timestep, sample, plain)
-        used, _, _ = _expected_x0(kind, sched, timestep, sample, model_output)
+        x0, x, sigma = expected_x0(kind, sched, timestep, sample, plain)
+        used, _, _ = expected_x0(kind, sched, timestep, sample, model_output)
         # at s = 1 (flow matching's first step) x is pure noise: the hook leaves the step as it is
         checked.append((used, reference(x, sigma, x0) if math.isfinite(sigma) else x0, x0))
         return type(sched).step(sched, model_output, timestep, sample, *args, **kwargs)

@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)
 
 import reliability_table  # noqa: E402
@@ -191,16 +190,6 @@ def test_every_mode_is_finite_for_every_dtype(dtype, mode):
 
 
 # ------------------------------------------------------------------------------------------ CLI: one line each
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    pytest.importorskip("diffusers")
-    from tiny_pipelines import tiny_sd
-
-    root = tmp_path_factory.mktemp("model")
-    tiny_sd(root / "build").save_pretrained(root / "sd")
-    return root / "sd"
-
-
 def _cli_cases(f: Path, m: Path, tmp: Path):
     gen = ["generate", "--model", str(m), "--prompts", str(f / "prompts.txt"), "--out", str(tmp / "gen"), "--steps", "1",
            "--height", "16", "--width", "16"]

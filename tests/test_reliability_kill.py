@@ -12,7 +12,6 @@ import json
 import os
 import random
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -23,11 +22,10 @@ import torch
 pytest.importorskip("diffusers")
 if not hasattr(os, "fork"):
     pytest.skip("the kill tests fork", allow_module_level=True)
-sys.path.insert(0, str(Path(__file__).parent))
 torch.set_num_threads(1)
 
 import reliability_table  # noqa: E402
-from tiny_pipelines import IMAGE_SIZE, tiny_sd  # noqa: E402
+from tiny_pipelines import IMAGE_SIZE  # noqa: E402
 
 from safedenoiser import NegationSet  # noqa: E402
 from safedenoiser.cli import main  # noqa: E402
@@ -40,13 +38,6 @@ SEED = int(os.environ.get("SAFEDENOISER_KILL_SEED", 0))
 def _table():
     yield
     reliability_table.flush()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("model")
-    tiny_sd(root / "build").save_pretrained(root / "sd")
-    return root / "sd"
 
 
 def _private_tqdm_lock() -> None:

@@ -9,38 +9,13 @@ import pytest
 import torch
 
 from safedenoiser import NegationSet, NegationSetError
-from safedenoiser.bench.kernel import naive_moments, peak_extra_memory
+from safedenoiser.bench.kernel import peak_extra_memory
+from safedenoiser.bench.naive import naive_moments, relative_error as rel_err
 from safedenoiser.cli import main
 from safedenoiser.kernels import auto_chunk_size, combine_moments, kernel_moments
 from safedenoiser.scale import MappedFileError, NegationFileWriter, TopKError, TopKKernel, map_array
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared, oversubscribed CPU OpenMP's spinning threads make small ops 100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def reference(x, points, bandwidth, distance="squared"):
-    """log-mass and softmax mean from explicit differences x - x_n, one query at a time, in float64."""
-    points = points.double()
-    masses, means = [], []
-    for b in range(x.shape[0]):
-        sq = (points - x[b].double()).square().sum(1)
-        logits = -(sq if distance == "squared" else sq.sqrt()) / (2 * float(bandwidth[b]) ** 2)
-        masses.append(torch.logsumexp(logits, 0))
-        means.append(torch.softmax(logits, 0) @ points)
-    return torch.stack(masses), torch.stack(means)
-
-
-def rel_err(value, ref):
-    value, ref = value.double(), ref.double()
-    if ref.ndim == 1:
-        return float(((value - ref).abs() / ref.abs().clamp_min(1.0)).max())
-    return float(((value - ref).norm(dim=1) / ref.norm(dim=1)).max())
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def clustered(n, dim, seed=0, clusters=50):
@@ -56,7 +31,7 @@ def test_streaming_matches_explicit_reference_for_every_storage(storage, distanc
     gen = torch.Generator().manual_seed(1)
     x = points[:3].double() + 0.3 * torch.randn(3, 96, generator=gen, dtype=torch.float64)
     bandwidth = torch.tensor([0.4, 6.0, 20.0], dtype=torch.float64)
-    ref_mass, ref_mean = reference(x, points, bandwidth, distance)  # exact on the stored (rounded) values
+    ref_mass, ref_mean, _ = naive_moments(x, points.double(), bandwidth, distance, rows=1)  # exact on the stored values
     for chunk in (None, 1, 500, 5000):
         m = kernel_moments(x, points, bandwidth, distance=distance, chunk_size=chunk, dtype=torch.float64)
         assert rel_err(m.log_mass, ref_mass) <= 1e-10 and rel_err(m.mean, ref_mean) <= 1e-10
@@ -71,7 +46,7 @@ def test_naive_formulation_and_shards_agree():
     points = clustered(2000, 32, seed=2)
     x = points[5:9] + 0.2
     stream = kernel_moments(x.double(), points.double(), 0.8)
-    naive_mass, naive_mean = naive_moments(x.double(), points.double(), 0.8)
+    naive_mass, naive_mean, _ = naive_moments(x.double(), points.double(), 0.8)
     assert rel_err(stream.log_mass, naive_mass) <= 1e-12 and rel_err(stream.mean, naive_mean) <= 1e-12
     shards = combine_moments([kernel_moments(x.double(), part.double(), 0.8) for part in points.split(700)])
     assert rel_err(shards.log_mass, stream.log_mass) <= 1e-12 and rel_err(shards.mean, stream.mean) <= 1e-12
@@ -103,7 +78,7 @@ def test_negation_set_kernel_options(tmp_path):
     neg = NegationSet(data, compute_dtype=torch.float64, chunk_size=64)
     m = neg.moments(x, 1.0)
     assert m.log_mass.dtype == torch.float64
-    ref_mass, ref_mean = reference(x, neg.flat, torch.ones(2))
+    ref_mass, ref_mean, _ = naive_moments(x.double(), neg.flat.double(), torch.ones(2), rows=1)
     assert rel_err(m.log_mass, ref_mass) <= 1e-12 and rel_err(m.mean, ref_mean) <= 1e-12
     moved = neg.to(dtype=torch.float16)
     assert moved.compute_dtype == torch.float64 and moved.chunk_size == 64 and moved.dtype == torch.float16
@@ -176,7 +151,7 @@ def test_exact_top_k_bound_holds_and_tolerance_is_met():
     topk = TopKKernel(neg, "exact")
     for sigma in (0.2, 0.6, 2.0):
         band = torch.full((6,), sigma, dtype=torch.float64)
-        ref_mass, ref_mean = reference(x, neg.flat, band)
+        ref_mass, ref_mean, _ = naive_moments(x.double(), neg.flat.double(), band, rows=1)
         fixed = topk.moments(x, sigma, k=50, tolerance=math.inf)
         assert fixed.guaranteed and not fixed.exact.any() and (fixed.k == 50).all()
         true_rel = torch.exp(ref_mass - fixed.log_mass) - 1  # left-out / retrieved mass, exactly
@@ -188,7 +163,7 @@ def test_exact_top_k_bound_holds_and_tolerance_is_met():
         assert (torch.exp(ref_mass - tol.log_mass) - 1 <= 1e-3 + 1e-12).all()
     strict = topk.moments(x, 2.0, k=10, tolerance=0.0, max_k=20)
     assert strict.exact.all() and (strict.k == 6000).all() and (strict.rel_bound == 0).all()
-    ref_mass, _ = reference(x, neg.flat, torch.full((6,), 2.0, dtype=torch.float64))
+    ref_mass, _, _ = naive_moments(x.double(), neg.flat.double(), torch.full((6,), 2.0, dtype=torch.float64), rows=1)
     assert rel_err(strict.log_mass, ref_mass) <= 1e-12
 
 
@@ -202,7 +177,7 @@ def test_faiss_ivf_top_k_reports_its_error_within_tolerance():
     assert not topk.guaranteed
     for sigma in (0.3, 1.0):
         result = topk.moments(x, sigma, k=64, tolerance=1e-3)
-        ref_mass, ref_mean = reference(x, neg.flat, torch.full((8,), sigma))
+        ref_mass, ref_mean, _ = naive_moments(x.double(), neg.flat.double(), torch.full((8,), sigma), rows=1)
         assert (result.rel_bound <= 1e-3).all()
         assert rel_err(result.mean, ref_mean) <= 1e-3 and float((result.log_mass - ref_mass).abs().max()) <= 2e-3
     with pytest.raises(TopKError, match="k must be"):

@@ -6,6 +6,7 @@ Not a conftest: import the builders explicitly. Every builder is seeded, so two 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -94,3 +95,41 @@ def tiny_sd3(tmp: Path, seed: int = 0):
                                     tokenizer=tok, text_encoder_2=te2, tokenizer_2=tok, text_encoder_3=None, tokenizer_3=None)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+# -- running the tiny pipelines and the x0 their schedulers imply ----------------------------------------------
+STEPS = 4
+
+
+def run(pipe, seed=0, guidance=1.0, **kw):
+    """Latents of one prompt, STEPS steps, seeded."""
+    kw = {"num_inference_steps": STEPS, "height": IMAGE_SIZE, "width": IMAGE_SIZE, "output_type": "latent",
+          "guidance_scale": guidance, **kw}
+    if type(pipe).__name__ == "StableDiffusion3Pipeline":
+        kw["max_sequence_length"] = 16
+    return torch.as_tensor(pipe("a photo", generator=torch.Generator().manual_seed(seed), **kw).images)
+
+
+def with_scheduler(pipe, name, **config):
+    """``pipe`` with its scheduler replaced by diffusers' ``name`` built from the same config (plus ``config``)."""
+    base = {k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")}
+    import diffusers
+
+    pipe.scheduler = getattr(diffusers, name).from_config({**base, **config})
+    return pipe
+
+
+def expected_x0(kind, sched, t, sample, out):
+    """The plain x0 and VE (x, sigma) the scheduler's math implies, written from the schedulers' formulas."""
+    if kind == "flow":
+        s = float(sched.sigmas[sched.step_index if sched.step_index is not None else 0])
+        return sample - s * out, sample / (1 - s), (s / (1 - s) if s < 1 else math.inf)
+    if kind == "euler":
+        sigma = float(sched.sigmas[sched.step_index if sched.step_index is not None else 0])
+        if sched.config.prediction_type == "epsilon":
+            return sample - sigma * out, sample, sigma
+        return -sigma / math.sqrt(sigma**2 + 1) * out + sample / (sigma**2 + 1), sample, sigma
+    abar = float(sched.alphas_cumprod[int(t)])
+    a, s = math.sqrt(abar), math.sqrt(1 - abar)
+    x0 = (sample - s * out) / a if sched.config.prediction_type == "epsilon" else a * sample - s * out
+    return x0, sample / a, s / a

@@ -8,9 +8,10 @@ so at B queries the loop needs 2 B multiply-adds per float read: at B = 1 it run
 it is bound by the core's multiply-add rate (see the benchmark's roofline column).
 
 Blocks are merged into a float64 running state every ``SUPERBLOCK`` rows (the float32 sums stay short),
-and ``threads`` shards of the set run in parallel (the compiled loop releases the GIL) and are merged with
-:func:`~safedenoiser.kernels.combine_moments`. Only float32 compute on CPU tensors goes through here;
-everything else uses the torch path.
+and ``threads`` shards of the set run in parallel (the compiled loop releases the GIL); each shard's moments come
+back as plain float64 arrays, merged by :func:`~safedenoiser.kernels.combine_moments` (this module is a leaf: it
+imports nothing from the package). Only float32 compute on CPU tensors goes through here; everything else uses the
+torch path.
 """
 
 from __future__ import annotations
@@ -21,8 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 from torch import Tensor
-
-from .kernels import KernelMoments, combine_moments
 
 try:
     import numba
@@ -219,7 +218,10 @@ def _numpy_view(tensor: Tensor) -> np.ndarray:
     return tensor.detach().contiguous().numpy()
 
 
-def fused_moments(
+ShardMoments = tuple[np.ndarray, np.ndarray | None, np.ndarray]  # log_mass (B,), mean (B, D) or None, max_logit (B,)
+
+
+def fused_shards(
     x: Tensor,
     x_sq: Tensor,
     points: Tensor,
@@ -230,12 +232,13 @@ def fused_moments(
     with_mean: bool,
     chunk_size: int,
     threads: int,
-) -> KernelMoments:
-    """Streamed moments (float64) of CPU float32 queries ``x`` (B, D) with squared norms ``x_sq`` (B,) against
-    ``points`` (N, D) stored in any float dtype with squared norms ``point_sq_norms`` (N,); for the squared
-    distance, ``log_mass`` and ``max_logit`` leave out the row constant ``-|x|^2 / (2 sigma^2)``. float32 points
-    are read in place (memory-mapped files included); other dtypes are converted ``chunk_size`` rows at a time
-    into one float32 buffer per thread. Shards are merged by :func:`~safedenoiser.kernels.combine_moments`.
+) -> list[ShardMoments]:
+    """Streamed moments (float64 arrays ``log_mass`` (B,), ``mean`` (B, D) or None, ``max_logit`` (B,)) of CPU
+    float32 queries ``x`` (B, D) with squared norms ``x_sq`` (B,) against ``points`` (N, D) stored in any float dtype
+    with squared norms ``point_sq_norms`` (N,), one triple per shard of the points (up to ``threads``, run in
+    parallel); for the squared distance, ``log_mass`` and ``max_logit`` leave out the row constant
+    ``-|x|^2 / (2 sigma^2)``. float32 points are read in place (memory-mapped files included); other dtypes are
+    converted ``chunk_size`` rows at a time into one float32 buffer per thread.
     """
     batch, dim = x.shape
     count = points.shape[0]
@@ -247,7 +250,7 @@ def fused_moments(
     threads = max(1, min(threads, count * dim // MIN_FLOATS_PER_THREAD, count))
     bounds = [count * shard // threads for shard in range(threads + 1)]
 
-    def run(shard: int) -> KernelMoments:
+    def run(shard: int) -> ShardMoments:
         acc, run_max, run_sum = np.zeros((batch, dim)), np.full(batch, -np.inf), np.zeros(batch)
         start, stop = bounds[shard], bounds[shard + 1]
         if flat is not None:
@@ -259,11 +262,9 @@ def fused_moments(
                 c1 = min(stop, c0 + chunk_size)
                 buffer[: c1 - c0].copy_(points[c0:c1])
                 _shard(xs, xs_sq, inv, view, sq[c0:c1], 0, c1 - c0, rows, euclidean, with_mean, acc, run_max, run_sum)
-        log_mass = torch.from_numpy(run_max + np.log(run_sum))
-        mean = torch.from_numpy(acc / run_sum[:, None]) if with_mean else None
-        return KernelMoments(log_mass=log_mass, mean=mean, max_logit=torch.from_numpy(run_max))
+        return run_max + np.log(run_sum), (acc / run_sum[:, None]) if with_mean else None, run_max
 
     if threads == 1:
-        return run(0)
+        return [run(0)]
     with ThreadPoolExecutor(threads) as pool:
-        return combine_moments(list(pool.map(run, range(threads))))
+        return list(pool.map(run, range(threads)))

@@ -5,6 +5,9 @@ process never sees a half-written file.
 Temporary names carry the host name, the process id and a random suffix, so ranks on different hosts
 sharing a filesystem never collide; they start with a dot and end in ``.tmp`` so that globs such as
 ``*.png`` or ``*.json`` never pick them up.
+
+:func:`read_safetensors` is the matching reader: every safetensors file the package writes carries its kind in
+a ``format`` tag of its metadata, and a file of another kind is refused with a message that names it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import secrets
 import socket
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 TEMP_SUFFIX = ".tmp"
 
@@ -70,6 +73,30 @@ def atomic_path(path: str | Path, *, fsync: bool = True) -> Iterator[Path]:
         _fsync_dir(path.parent)
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a fresh temporary folder to write a whole folder ``path`` through; on success the previous folder is
+    moved to ``NAME.old``, the new one renamed onto ``path`` and the old one removed (a kill leaves a whole
+    folder at ``path`` or at ``NAME.old``, never a half-written one); on failure the temporary folder is removed."""
+    import shutil
+
+    path = Path(path)
+    tmp = temp_path(path)
+    old = path.with_name(path.name + ".old")
+    tmp.mkdir()
+    try:
+        yield tmp
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            path.replace(old)
+        tmp.replace(path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> Path:
     """Atomically replace ``path`` by ``data``."""
     with atomic_path(path, fsync=fsync) as tmp:
@@ -95,6 +122,33 @@ def save_safetensors(tensors: dict[str, Any], path: str | Path, metadata: dict[s
 
     return write_with(path, lambda tmp: save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp),
                                                   metadata=metadata))
+
+
+def read_safetensors(path: str | Path, fmt: str | None = None, *, what: str = "file",
+                     error: type[Exception] = ValueError, device: str = "cpu",
+                     keys: Iterable[str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The tensors (all, or those of ``keys`` that the file has) and the string metadata of a safetensors file.
+
+    With ``fmt`` the metadata's ``format`` tag must equal it. A missing, unreadable or corrupt file, or one of
+    another format, raises ``error`` with a one-line message naming ``what`` it should be and the path."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} not found: {path}")
+    if not os.access(path, os.R_OK):
+        raise error(f"{what} is not readable (permission denied): {path}")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as handle:
+            header = handle.metadata() or {}
+            names = handle.keys() if keys is None else [k for k in keys if k in handle.keys()]
+            tensors = {k: handle.get_tensor(k) for k in names}
+    except Exception as err:  # safetensors raises its own types for files that are not safetensors
+        raise error(f"cannot read {what} {path} (not a safetensors file?): {err}") from err
+    if fmt is not None and header.get("format") != fmt:
+        raise error(f"{path} is not a {fmt} {what} (format={header.get('format')!r}); "
+                    "it was written by another tool or for another purpose")
+    return tensors, header
 
 
 def remove_stale_temps(folder: str | Path) -> int:

@@ -21,6 +21,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from . import cpu_kernel
+
 Distance = Literal["squared", "euclidean"]
 Backend = Literal["auto", "torch", "fused"]
 DEFAULT_CHUNK = 4096
@@ -150,8 +152,6 @@ def kernel_moments(
     chunk_size = chunk_size or auto_chunk_size(dim, dtype, device)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    from . import cpu_kernel  # imported here: cpu_kernel builds on this module's KernelMoments and combine_moments
-
     if backend not in ("auto", "torch", "fused"):
         raise ValueError(f"unknown kernel backend {backend!r}; expected 'auto', 'torch' or 'fused'")
     xs = x.to(dtype)
@@ -166,8 +166,11 @@ def kernel_moments(
     if backend == "fused" or (backend == "auto" and fused_applies and batch * count * dim >= FUSED_MIN_WORK):
         if point_sq_norms is None:
             point_sq_norms = squared_norms(points, dtype, chunk_size)
-        moments = cpu_kernel.fused_moments(xs, x_sq, points, point_sq_norms, inv_band_sq, euclidean=not squared,
-                                           with_mean=with_mean, chunk_size=chunk_size, threads=threads or torch.get_num_threads())
+        shards = cpu_kernel.fused_shards(xs, x_sq, points, point_sq_norms, inv_band_sq, euclidean=not squared,
+                                         with_mean=with_mean, chunk_size=chunk_size, threads=threads or torch.get_num_threads())
+        parts = [KernelMoments(log_mass=torch.from_numpy(log_mass), max_logit=torch.from_numpy(max_logit),
+                               mean=None if mean is None else torch.from_numpy(mean)) for log_mass, mean, max_logit in shards]
+        moments = parts[0] if len(parts) == 1 else combine_moments(parts)
         shift = -0.5 * (x_sq * inv_band_sq).double() if squared else 0.0  # the row constant
         return KernelMoments(log_mass=(moments.log_mass + shift).to(dtype), max_logit=(moments.max_logit + shift).to(dtype),
                              mean=None if moments.mean is None else moments.mean.to(dtype))

@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
 from . import fileio
 from .kernels import DEFAULT_CHUNK, KernelMoments, compute_dtype, kernel_moments, squared_norms
-
-FORMAT_VERSION = "1"
+from .negation_file import FORMAT, MappedFileError, content_hash, file_header, map_array, map_safetensors
 
 
 class NegationSetError(ValueError):
     """A negation set that is empty, non-finite, or does not match the samples it is used with."""
-
-
-def content_hash(data: Tensor) -> str:
-    """sha256 over dtype, shape and the raw bytes of ``data`` (row-major, on CPU)."""
-    digest = hashlib.sha256(f"{data.dtype}|{tuple(data.shape)}|".encode())
-    flat = data.detach().reshape(data.shape[0], -1)
-    for start in range(0, flat.shape[0], DEFAULT_CHUNK):
-        block = flat[start : start + DEFAULT_CHUNK].contiguous().cpu()
-        digest.update(block.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 class NegationSet:
@@ -164,25 +150,15 @@ class NegationSet:
                 raise NegationSetError(f"a memory-mapped negation set lives on the CPU, not {device}; stream it to the "
                                        "accelerator through the kernels or load it without mmap")
             return cls.open(path, verify=verify, **options)
-        if not path.is_file():
-            raise NegationSetError(f"negation set file not found: {path}")
-        if not os.access(path, os.R_OK):
-            raise NegationSetError(f"negation set file is not readable (permission denied): {path}")
-        try:
-            with safe_open(str(path), framework="pt", device=str(device)) as handle:
-                header = handle.metadata() or {}
-                if "data" not in handle.keys():
-                    raise NegationSetError(f"{path} has no 'data' tensor; is it a negation set file?")
-                data = handle.get_tensor("data")
-        except NegationSetError:
-            raise
-        except Exception as err:  # safetensors raises its own types for corrupt headers
-            raise NegationSetError(f"cannot read negation set {path}: {err}") from err
-        return cls._from_header(path, data, header, verify, {"validate": True, **options})
+        tensors, header = fileio.read_safetensors(path, what="negation set", error=NegationSetError, device=str(device),
+                                                  keys=["data"])
+        if "data" not in tensors:
+            raise NegationSetError(f"{path} has no 'data' tensor; is it a negation set file?")
+        return cls._from_header(path, tensors["data"], header, verify, {"validate": True, **options})
 
     @classmethod
     def _from_header(cls, path: Path, data: Tensor, header: dict[str, str], verify: bool, options: dict[str, Any]) -> NegationSet:
-        if header.get("format") != "safedenoiser.negation":
+        if header.get("format") != FORMAT:
             raise NegationSetError(f"{path} is a safetensors file but not a safedenoiser negation set")
         loaded = cls(data, space=header.get("space", "data"), source=header.get("source", ""),
                      metadata=json.loads(header.get("metadata", "{}")), **{"validate": verify, **options})
@@ -200,8 +176,6 @@ class NegationSet:
         ``verify`` checks the content hash (safetensors) and finiteness: one pass over the file; pass
         ``verify=False`` for sets much larger than memory.
         """
-        from .scale.mmap import MappedFileError, map_array, map_safetensors
-
         path = Path(path)
         try:
             if path.suffix == ".safetensors":
@@ -211,18 +185,6 @@ class NegationSet:
         except MappedFileError as err:
             raise NegationSetError(str(err)) from err
         return cls(data, space=space, source=source or str(path), validate=verify, **options)
-
-
-def file_header(content_hash: str, *, space: str, source: str, metadata: dict[str, Any]) -> dict[str, str]:
-    """The string metadata of a negation safetensors file (format, version, space, source, hash, metadata)."""
-    return {
-        "format": "safedenoiser.negation",
-        "format_version": FORMAT_VERSION,
-        "space": space,
-        "source": source,
-        "content_hash": content_hash,
-        "metadata": json.dumps(metadata, sort_keys=True),
-    }
 
 
 def _all_finite(data: Tensor) -> bool:

@@ -17,6 +17,19 @@ def write_atomic(path: str | Path, data: str | bytes) -> None:
     fileio.write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the file-only Agg backend, for the benchmarks' figures; matplotlib is an optional
+    dependency (the ``bench`` extra), so a missing one is named with its install command."""
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise ImportError("figures need matplotlib, an optional dependency: pip install 'safedenoiser[bench]'") from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> None:
     """Save a matplotlib figure atomically (PNG unless the suffix says otherwise)."""
     import io

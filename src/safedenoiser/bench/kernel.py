@@ -35,6 +35,7 @@ from ..kernels import kernel_moments, squared_norms
 from ..negation import NegationSet
 from ..results import write_atomic
 from . import bench_subparsers
+from .naive import naive_moments
 
 GIB = 1 << 30
 BACKEND = "fused" if cpu_kernel.available() else "torch"  # the grid and storage cells time this one in every cell
@@ -145,14 +146,6 @@ def random_points(count: int, dim: int, dtype: torch.dtype, seed: int) -> Tensor
     return out
 
 
-def naive_moments(x: Tensor, points: Tensor, bandwidth: float) -> tuple[Tensor, Tensor]:
-    """The authors' formulation: a B x N x D difference tensor, then softmax weights and a weighted sum."""
-    diff = x[:, None, :] - points[None, :, :]
-    logits = -diff.square().sum(-1) / (2 * bandwidth**2)
-    weights = torch.softmax(logits, dim=1)
-    return torch.logsumexp(logits, 1), (weights[:, :, None] * points[None, :, :]).sum(1)
-
-
 def _rel(a: Tensor, b: Tensor) -> float:
     """max over rows of |a - b| / |b| (rows of a matrix, or entries of a vector)."""
     a, b = a.double(), b.double()
@@ -190,7 +183,7 @@ def grid_section(cfg: KernelBenchConfig, bandwidth_gbs: float, progress: bool) -
                        "bandwidth_gbs": nbytes / median / 1e9, "bandwidth_fraction": nbytes / median / 1e9 / bandwidth_gbs}
                 naive_bytes = 2 * batch * count * dim * 4
                 if naive_bytes <= cfg.naive_gb * 1e9:
-                    naive = lambda: naive_moments(x, points, bandwidth)  # noqa: E731
+                    naive = lambda: naive_moments(x, points, bandwidth)[:2]  # noqa: E731
                     row["naive_seconds"], _ = timed(naive, max(1, cfg.repeats - 1))
                     (ref_mass, ref_mean), naive_peak = peak_extra_memory(naive)
                     row["naive_peak_extra_mb"] = None if naive_peak is None else naive_peak / 1e6
@@ -208,7 +201,7 @@ def grid_section(cfg: KernelBenchConfig, bandwidth_gbs: float, progress: bool) -
 
 def _disk_cell(cfg: KernelBenchConfig, count: int, dim: int, bandwidth_gbs: float) -> dict[str, Any]:
     """One pass per call over a memory-mapped float16 file on disk (bigger than memory); the file is deleted."""
-    from ..scale.mmap import SafetensorsWriter, map_safetensors
+    from ..negation_file import SafetensorsWriter, map_safetensors
 
     path = Path(cfg.scratch) / f"disk_{count}x{dim}.safetensors"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from ..methods import Calibration, CorrectedDenoiser, NegativeGuidance, SparseRe
 from ..metrics import median_bandwidths, mmd, unsafe_fraction
 from ..models.mixture import GaussianMixture, make_mixture, make_ring_mixture
 from ..negation import NegationSet
-from ..results import RunLog, save_figure, write_atomic
+from ..results import RunLog, pyplot, save_figure, write_atomic
 from ..kernels import nearest_distances
 from ..sampling import heun, initial_noise, karras_sigmas, rejection_sample, sample
 
@@ -55,7 +55,7 @@ class ToyConfig:
         "paper": [1e-3, 1.0, 1e3, 1e6, 1e10, 1e15, 1e20, 1e30, 1e45, 1e60],
         "calibrated": [0.5, 1.0, 2.0, 3.0, 4.0, 8.0],
         "substitution": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
-        "substitution_floor": [0.5, 1.0, 2.0, 4.0],
+        "substitution_floor": [0.125, 0.25, 0.5, 1.0, 2.0, 4.0],
         "reference": [0.05, 0.1, 0.2, 0.5, 1.0, 2.0],
         "reference_bandwidth": [0.5, 1.0, 2.0],
         "spell": [0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5],
@@ -269,8 +269,8 @@ def markdown_table(records: list[dict[str, Any]], cfg: ToyConfig) -> str:
     rows = best_points(records)
     oracle = {r["dim"]: r["mmd"] for r in records if r["method"] == "oracle"}
     lines = [f"Mixture family `{cfg.family}`. Best operating point of each method: lowest MMD among its runs with unsafe "
-             f"<= {UNSAFE_TARGET:.0%} (marked *: no run reached it; the safest run is shown); `(default rule)`: the gain "
-             "picked without a judge or the test seeds (select_gain). "
+             f"<= {UNSAFE_TARGET:.0%} (marked *: no run reached it; the safest run is shown); `(default rule)`: the "
+             "knobs picked without a judge or the test seeds (select_knobs). "
              f"{cfg.samples} samples per run, N = {cfg.negation}, "
              f"bank M = {cfg.bank}, Heun {cfg.steps} steps, seed {cfg.seed}.", "",
              "| D | method | knob | unsafe | MMD | MMD / oracle | evals / sample | seconds |",
@@ -293,10 +293,7 @@ ORDER = ["plain", "oracle", "rejection", "calibrated (default rule)", "calibrate
 
 
 def plot_tradeoffs(records: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     dims = sorted({r["dim"] for r in records})
     fig, axes = plt.subplots(1, len(dims), figsize=(4.2 * len(dims), 3.8), squeeze=False)
@@ -325,10 +322,7 @@ def plot_tradeoffs(records: list[dict[str, Any]], path: Path) -> None:
 
 def plot_trajectories(problem: Problem, cfg: ToyConfig, gain: float, path: Path, n: int = 96) -> None:
     """2-D sampling trajectories with and without the calibrated correction (cf. the paper's Figure 2b)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     corrected = CorrectedDenoiser(problem.mixture, make_correction(problem.negation, "calibrated",
                                                                   calibration=problem.calibration, gain=gain))

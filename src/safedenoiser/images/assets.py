@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
 from .. import fileio
@@ -88,8 +87,7 @@ def class_reference(evaluator: Evaluator, exclude: str = NEGATED_CLASS, count: i
 
 
 def _read_asset() -> dict[str, Tensor]:
-    with safe_open(str(require(EVAL_ASSET, "the shipped evaluation data")), framework="pt") as handle:
-        return {k: handle.get_tensor(k) for k in handle.keys()}
+    return fileio.read_safetensors(require(EVAL_ASSET, "the shipped evaluation data"), what="evaluation assets")[0]
 
 
 def memorised_images(subset_index: list[int]) -> Tensor:
@@ -151,8 +149,7 @@ def build_eval_assets(evaluator: Evaluator, path: Path = EVAL_ASSET, subset_inde
         tensors["memorised_index"] = torch.tensor(subset_index, dtype=torch.long)
         tensors["memorised_copy_threshold"] = torch.tensor(memorised_copy_threshold(subset_index), dtype=torch.float64)
     elif Path(path).is_file():
-        with safe_open(str(path), framework="pt") as handle:
-            tensors.update({k: handle.get_tensor(k) for k in MEMORISED_KEYS if k in handle.keys()})
+        tensors.update(fileio.read_safetensors(path, what="evaluation assets", keys=MEMORISED_KEYS)[0])
     fileio.save_safetensors(tensors, path, metadata={
         "negated_class": NEGATED_CLASS, "negation": f"first {SHIPPED_NEGATION} training images of the class",
         "reference": "Fashion-MNIST test images of the other classes"})

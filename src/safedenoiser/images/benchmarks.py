@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from ..methods import (Calibration, CorrectedDenoiser, Correction, NegativeGuidance, ReferenceSet, SparseRepellency,
                        Window, make_correction)
 from ..methods.conditional import SafeClassifierFreeGuidance
+from ..results import pyplot, save_figure
 from ..negation import NegationSet
 from ..sampling import rejection_sample
 from .assets import (MODELS, NEGATED_CLASS, class_negation_images, class_reference, load_judge,
@@ -52,11 +53,12 @@ SWEEPS = {
     "calibrated": [1.0, 2.0, 4.0],
     "calibrated-window": [1.0, 2.0],
     "substitution": [1.0, 2.0, 4.0],
+    "substitution-floor": [1.0, 2.0],
     "spell": [0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3],  # quantiles of the distance from plain samples to the negation set
     "negative": [0.5, 1.0, 2.0],
     "negative-class": [2.0],
 }
-COND_SWEEPS = {**SWEEPS, "conditional": [1.0, 10.0, 0.1], "paper": [1e300], "reference": [1.0], "calibrated": [1.0, 2.0], "calibrated-window": [1.0], "substitution": [1.0, 4.0],
+COND_SWEEPS = {**SWEEPS, "conditional": [1.0, 10.0, 0.1], "paper": [1e300], "reference": [1.0], "calibrated": [1.0, 2.0], "calibrated-window": [1.0], "substitution": [1.0, 4.0], "substitution-floor": [],
                "spell": [0.05, 0.1], "negative-class": [1.5, 2.0, 3.0]}
 SIZES = {
     "default": Size(samples=256, steps=8, bank=512, negation=500, sweeps=SWEEPS),
@@ -108,9 +110,11 @@ class ClassWiseCorrected:
 
 def calibrated_correction(negation: NegationSet, calibration: Calibration, mode: str, gain: float,
                           window: Window | None = None) -> Correction:
-    """``substitution`` (bank substitution) or the core calibrated mode, optionally inside ``window``."""
-    if mode == "substitution":
-        return make_correction(negation, "substitution", calibration=calibration, gain=gain, window=window)
+    """``substitution`` (bank substitution; ``substitution-floor`` with the classifier floor) or the core calibrated
+    mode, optionally inside ``window``."""
+    if mode.startswith("substitution"):
+        floor = "share" if mode == "substitution-floor" else None
+        return make_correction(negation, "substitution", calibration=calibration, gain=gain, window=window, floor=floor)
     return make_correction(negation, "calibrated", calibration=calibration, gain=gain, window=window)
 
 
@@ -136,7 +140,7 @@ def method_settings(base: Callable[..., Tensor], negation: NegationSet, size: Si
         settings.append(Setting("reference", "scale", scale, lambda scale=scale: CorrectedDenoiser(
             base, make_correction(negation, "reference", scale=scale, log_threshold=ref_threshold, window=window))))
     half = Window.from_step_fractions(sigmas, *HALF_WINDOW)
-    for mode, win in (("calibrated", None), ("calibrated-window", half), ("substitution", half)):
+    for mode, win in (("calibrated", None), ("calibrated-window", half), ("substitution", half), ("substitution-floor", half)):
         for gain in size.sweeps.get(mode, []):
             settings.append(Setting(mode, "gain", gain, lambda mode=mode, gain=gain, win=win: calibrated(mode, gain, win)))
     for q, radius in zip(size.sweeps["spell"], spell_radii(plain, negation, size.sweeps["spell"])):
@@ -157,10 +161,7 @@ def best_rows(rows: list[Row], target: float) -> dict[str, dict[str, Any]]:
 
 
 def plot_tradeoff(rows: list[Row], path: Path, title: str, unsafe_label: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for method in dict.fromkeys(r.method for r in rows):
@@ -175,10 +176,8 @@ def plot_tradeoff(rows: list[Row], path: Path, title: str, unsafe_label: str) ->
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def markdown_table(rows: list[Row], best: dict[str, dict[str, Any]], unsafe_label: str, extra_cols: Sequence[str]) -> str:

@@ -7,13 +7,9 @@ Both on the same seeds: plain, the safe denoiser (calibrated mode and bank subst
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
-import torch
-
-from ..argtypes import positive_int
 from .benchmarks import Size, bench_memorisation, bench_uncond
 from .common import write_json, write_text
 
@@ -47,20 +43,3 @@ memorised images. Grids (same seeds): `uncond/grid_plain.png` vs `uncond/grid_su
 `memorisation/grid_plain.png` vs `memorisation/grid_substitution.png`. Wall time {summary['seconds']:.0f} s.
 """)
     return {"table": table, **summary}
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("demo", help="plain vs safe sampling on the shipped models (a few minutes)",
-                              description=__doc__.splitlines()[0])
-    p.add_argument("--out", default="results/demo", help="output folder")
-    p.add_argument("--quick", action="store_true", help="tiny smoke-test size")
-    p.add_argument("--threads", type=positive_int, default=2)
-    p.set_defaults(run=_run)
-
-
-def _run(args: argparse.Namespace) -> int:
-    torch.set_num_threads(args.threads)
-    result = run_demo(Path(args.out), quick=args.quick)
-    print(result["table"])
-    print(f"outputs in {args.out} ({result['seconds']:.0f} s)")
-    return 0

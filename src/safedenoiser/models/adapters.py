@@ -7,9 +7,9 @@ from typing import Any, Callable, Literal, Protocol
 import torch
 from torch import Tensor, nn
 
-from .conversions import batch_view, ve_sigma_from_alphas_cumprod, vp_from_ve, x0_from_eps, x0_from_v
+from .conversions import batch_view, ve_sigma_from_alphas_cumprod, vp_from_ve, x0_from_prediction
 
-Prediction = Literal["eps", "v", "x0"]
+Prediction = Literal["eps", "v", "x0"]  # a VP network's output (flow matching is not a VP schedule)
 
 
 class Denoiser(Protocol):
@@ -59,11 +59,7 @@ class VPModelDenoiser(nn.Module):
         alpha, s = (batch_view(v, x) for v in vp_from_ve(sigma))
         x_t = alpha * x
         out = self.model(x_t, self.sigma_to_t(sigma).to(x.dtype), **cond)
-        if self.prediction == "eps":
-            return x0_from_eps(x_t, out, alpha, s)
-        if self.prediction == "v":
-            return x0_from_v(x_t, out, alpha, s)
-        return out
+        return x0_from_prediction(self.prediction, x_t, out, alpha, s)
 
 
 def linear_alphas_cumprod(steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> Tensor:

@@ -182,12 +182,11 @@ def _generate_settings(args: argparse.Namespace) -> dict[str, Any]:
     """What else decides the images of a generate run (stored in OUT/settings.json by generate)."""
     settings = {"model": str(args.model), "dtype": args.dtype, "scheduler": args.scheduler, "mode": args.mode}
     if args.negation:
-        from safetensors import safe_open
+        from ..fileio import read_safetensors
 
         for key, path in (("negation_hash", args.negation), ("reference_hash", args.reference)):
-            if path:
-                with safe_open(str(path), framework="pt") as handle:  # already loaded and verified
-                    settings[key] = (handle.metadata() or {}).get("content_hash")
+            if path:  # already loaded and verified
+                settings[key] = read_safetensors(path, what="negation set", keys=())[1].get("content_hash")
     return settings
 
 

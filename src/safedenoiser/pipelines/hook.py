@@ -279,7 +279,7 @@ class SafeDenoiserHook:
         sigma = s / alpha
         self._sigma = sigma
         x_in, out = sample.float(), pred.float()
-        x0 = _to_x0(prediction, x_in, out, alpha, s)
+        x0 = conversions.x0_from_prediction(prediction, x_in, out, alpha, s)
         self._last_x0 = x0.detach()
         window = correction.window
         if not window.sigma_min <= sigma <= window.sigma_max:
@@ -301,33 +301,11 @@ class SafeDenoiserHook:
             if x0_safe is x0:
                 return output
             delta = x0_safe - x0
-        new = (out + _prediction_delta(prediction, delta, alpha, s)).to(pred.dtype)
+        new = (out + conversions.prediction_from_x0(prediction, 0.0, delta, alpha, s)).to(pred.dtype)  # affine: x_t = 0
         if isinstance(output, tuple):
             return (new, *output[1:])
         output.sample = new
         return output
-
-
-def _to_x0(prediction: str, x_t: Tensor, out: Tensor, alpha: float, s: float) -> Tensor:
-    if prediction == "eps":
-        return conversions.x0_from_eps(x_t, out, alpha, s)
-    if prediction == "v":
-        return conversions.x0_from_v(x_t, out, alpha, s)
-    if prediction == "flow":
-        return conversions.x0_from_flow(x_t, out, s)
-    return out
-
-
-def _prediction_delta(prediction: str, delta_x0: Tensor, alpha: float, s: float) -> Tensor:
-    """Change of the model output for a change ``delta_x0`` of its x0 (the conversions are affine, so the
-    x_t term drops out: the delta is the conversion of ``delta_x0`` at x_t = 0)."""
-    if prediction == "eps":
-        return conversions.eps_from_x0(0.0, delta_x0, alpha, s)
-    if prediction == "v":
-        return conversions.v_from_x0(0.0, delta_x0, alpha, s)
-    if prediction == "flow":
-        return conversions.flow_from_x0(0.0, delta_x0, s)
-    return delta_x0
 
 
 def describe_shape_mismatch(negation: NegationSet, shape: tuple[int, ...], vae_scale_factor: int | None) -> str:

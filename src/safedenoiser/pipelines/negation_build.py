@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
-from safetensors import safe_open
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -45,10 +44,6 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def _atomic_save(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
-    fileio.save_safetensors(tensors, path, metadata=metadata)
-
-
 def file_stamps(paths: Sequence[Path]) -> list[list[int] | None]:
     """(size, mtime in ns) of each file, None where it cannot be read: a changed file changes its stamp."""
     stamps: list[list[int] | None] = []
@@ -62,10 +57,11 @@ def file_stamps(paths: Sequence[Path]) -> list[list[int] | None]:
 
 
 def _read_part(path: Path) -> tuple[Tensor | None, dict[str, Any]]:
-    with safe_open(str(path), framework="pt") as handle:
-        info = json.loads((handle.metadata() or {})["part"])
-        data = handle.get_tensor("data") if "data" in handle.keys() else None
-    return data, info
+    tensors, header = fileio.read_safetensors(path, what="partial build file", keys=["data"])
+    try:
+        return tensors.get("data"), json.loads(header["part"])
+    except (KeyError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} holds no valid 'part' metadata ({type(err).__name__}: {err})") from err
 
 
 def build_negation_set(paths: Sequence[str | Path], encode_fn: Callable[[Tensor], Tensor], out_path: str | Path, *,
@@ -129,8 +125,8 @@ def _encode_parts(paths: list[Path], encode_fn: Callable[[Tensor], Tensor], out_
         if part.exists():
             try:
                 _, info = _read_part(part)
-            except Exception as err:
-                raise NegationSetError(f"cannot read partial build file {part} ({err}); delete {parts_dir} to restart") from err
+            except ValueError as err:
+                raise NegationSetError(f"{err}; delete {parts_dir} to restart") from err
             if info.get("signature") != signature:
                 raise NegationSetError(_stale_options(parts_dir, info.get("options", {}), options))
             if info.get("stamps") == file_stamps(chunk):
@@ -148,7 +144,7 @@ def _encode_parts(paths: list[Path], encode_fn: Callable[[Tensor], Tensor], out_
             if encoded.shape[0] != len(batch.paths):
                 raise ValueError(f"encode_fn returned {encoded.shape[0]} items for {len(batch.paths)} images")
             tensors["data"] = encoded.detach().to("cpu", dtype or encoded.dtype).contiguous()
-        _atomic_save(tensors, part, {"part": json.dumps(info)})
+        fileio.save_safetensors(tensors, part, metadata={"part": json.dumps(info)})
         bar.update(len(chunk))
     bar.close()
     return report

@@ -2,10 +2,10 @@
 
 from .noise import SeededNoise, initial_noise
 from .rejection import RejectionResult, rejection_sample
-from .samplers import SAMPLERS, ancestral, ddim, euler, get_sampler, heun, sample
+from .samplers import SAMPLERS, NoiseSampler, ancestral, ddim, euler, get_sampler, heun, sample, to_d
 from .schedules import ScheduleError, check_schedule, karras_sigmas, vp_sigmas
 
 __all__ = [
-    "SAMPLERS", "RejectionResult", "ScheduleError", "SeededNoise", "ancestral", "check_schedule", "ddim", "euler",
-    "get_sampler", "heun", "initial_noise", "karras_sigmas", "rejection_sample", "sample", "vp_sigmas",
+    "SAMPLERS", "NoiseSampler", "RejectionResult", "ScheduleError", "SeededNoise", "ancestral", "check_schedule", "ddim",
+    "euler", "get_sampler", "heun", "initial_noise", "karras_sigmas", "rejection_sample", "sample", "to_d", "vp_sigmas",
 ]

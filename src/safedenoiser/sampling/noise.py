@@ -26,6 +26,10 @@ class SeededNoise:
         rows = [torch.randn(self.item_shape, generator=g, dtype=self.dtype) for g in self.generators]
         return torch.stack(rows).to(self.device)
 
+    def __call__(self, sigma: Tensor | None = None, sigma_next: Tensor | None = None) -> Tensor:
+        """The next draw, as a k-diffusion ``noise_sampler(sigma, sigma_next)`` (the noise levels are not used)."""
+        return self.draw()
+
 
 def initial_noise(seeds: Sequence[int], item_shape: Sequence[int], sigma_max: float, dtype: torch.dtype = torch.float32,
                   device: torch.device | str = "cpu") -> tuple[Tensor, SeededNoise]:

@@ -1,7 +1,9 @@
 """Samplers: plain functions ``sample(denoiser, x, sigmas, ...) -> x0`` over a VE schedule ending in 0.
 
-The probability-flow ODE in VE form is dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022).
-``callback`` receives a dict (step, x, sigma, sigma_next, denoised) after each step.
+The probability-flow ODE in VE form is dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022), :func:`to_d`.
+``callback`` receives a dict (step, x, sigma, sigma_next, denoised) after each step. Stochastic samplers take
+``noise_sampler(sigma, sigma_next) -> noise like x`` as k-diffusion's do (default: the per-seed
+:class:`~safedenoiser.sampling.noise.SeededNoise` passed as ``noise``), so k-diffusion-style samplers drop in.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from .noise import SeededNoise, initial_noise
 from .schedules import check_schedule
 
 StepCallback = Callable[[dict[str, Any]], None]
+NoiseSampler = Callable[[Tensor, Tensor], Tensor]
 
 
 def _steps(sigmas: Tensor, progress: bool):
@@ -28,13 +31,18 @@ def _denoise(denoiser: Denoiser, x: Tensor, sigma: Tensor, cond: dict[str, Any])
     return denoiser(x, sigma.to(x.dtype).expand(x.shape[0]), **cond)
 
 
+def to_d(x: Tensor, sigma: Tensor, denoised: Tensor) -> Tensor:
+    """The probability-flow slope dx/dsigma = (x - D(x, sigma)) / sigma (k-diffusion's ``to_d``), for a scalar sigma."""
+    return (x - denoised) / sigma.to(x.dtype)
+
+
 def euler(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: dict[str, Any] | None = None,
           callback: StepCallback | None = None, progress: bool = False) -> Tensor:
     """First-order Euler on the probability-flow ODE: x <- x + (sigma' - sigma) (x - D) / sigma."""
     sigmas = check_schedule(sigmas).to(x.device)
     for i, (sigma, sigma_next) in _steps(sigmas, progress):
         denoised = _denoise(denoiser, x, sigma, cond or {})
-        x = x + (sigma_next - sigma).to(x.dtype) * (x - denoised) / sigma.to(x.dtype)
+        x = x + (sigma_next - sigma).to(x.dtype) * (x - denoised) / sigma.to(x.dtype)  # dt (x - D) / sigma in this order (dt * to_d rounds differently)
         if callback:
             callback({"step": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})
     return x
@@ -46,10 +54,10 @@ def heun(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: dict[str, Any] 
     sigmas = check_schedule(sigmas).to(x.device)
     for i, (sigma, sigma_next) in _steps(sigmas, progress):
         denoised = _denoise(denoiser, x, sigma, cond or {})
-        slope = (x - denoised) / sigma.to(x.dtype)
+        slope = to_d(x, sigma, denoised)
         x_next = x + (sigma_next - sigma).to(x.dtype) * slope
         if sigma_next > 0:
-            slope_next = (x_next - _denoise(denoiser, x_next, sigma_next, cond or {})) / sigma_next.to(x.dtype)
+            slope_next = to_d(x_next, sigma_next, _denoise(denoiser, x_next, sigma_next, cond or {}))
             x_next = x + (sigma_next - sigma).to(x.dtype) * (slope + slope_next) / 2
         x = x_next
         if callback:
@@ -58,16 +66,23 @@ def heun(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, cond: dict[str, Any] 
 
 
 def ddim(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, eta: float = 0.0, noise: SeededNoise | None = None,
-         cond: dict[str, Any] | None = None, callback: StepCallback | None = None, progress: bool = False) -> Tensor:
+         noise_sampler: NoiseSampler | None = None, cond: dict[str, Any] | None = None,
+         callback: StepCallback | None = None, progress: bool = False) -> Tensor:
     """DDIM (Song et al. 2021) in VE form: x' = D + sigma_down * (x - D) / sigma + sigma_up * n.
 
     With eta = 0 it is deterministic (and equals Euler); eta = 1 is DDPM's ancestral sampler, with
     sigma_up = eta * sqrt(sigma'^2 (sigma^2 - sigma'^2) / sigma^2) and sigma_down = sqrt(sigma'^2 - sigma_up^2).
+    ``n`` comes from ``noise_sampler(sigma, sigma')``, or from ``noise.draw()`` (the per-seed source).
     """
     if eta < 0:
         raise ValueError(f"ddim eta must be >= 0, got {eta}")
-    if eta > 0 and noise is None:
-        raise ValueError("ddim with eta > 0 needs a SeededNoise source (see initial_noise)")
+    if noise is not None and noise_sampler is not None:
+        raise ValueError("give ddim either noise (a SeededNoise) or noise_sampler, not both")
+    if noise is not None:
+        noise_sampler = noise
+    if eta > 0 and noise_sampler is None:
+        raise ValueError("ddim with eta > 0 needs a noise source: noise=SeededNoise (see initial_noise) or "
+                         "noise_sampler(sigma, sigma_next)")
     sigmas = check_schedule(sigmas).to(x.device)
     for i, (sigma, sigma_next) in _steps(sigmas, progress):
         denoised = _denoise(denoiser, x, sigma, cond or {})
@@ -75,16 +90,16 @@ def ddim(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, eta: float = 0.0, noi
         sigma_down = (sigma_next**2 - sigma_up**2).sqrt()
         x = denoised + (sigma_down / sigma).to(x.dtype) * (x - denoised)
         if eta > 0 and sigma_next > 0:
-            x = x + sigma_up.to(x.dtype) * noise.draw()
+            x = x + sigma_up.to(x.dtype) * noise_sampler(sigma, sigma_next)
         if callback:
             callback({"step": i, "x": x, "sigma": sigma, "sigma_next": sigma_next, "denoised": denoised})
     return x
 
 
-def ancestral(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: SeededNoise, eta: float = 1.0,
-              **kwargs: Any) -> Tensor:
+def ancestral(denoiser: Denoiser, x: Tensor, sigmas: Tensor, *, noise: SeededNoise | None = None, eta: float = 1.0,
+              noise_sampler: NoiseSampler | None = None, **kwargs: Any) -> Tensor:
     """Ancestral (DDPM-like) stochastic sampler: :func:`ddim` with eta = 1 by default."""
-    return ddim(denoiser, x, sigmas, eta=eta, noise=noise, **kwargs)
+    return ddim(denoiser, x, sigmas, eta=eta, noise=noise, noise_sampler=noise_sampler, **kwargs)
 
 
 SAMPLERS: dict[str, Callable[..., Tensor]] = {"euler": euler, "heun": heun, "ddim": ddim, "ancestral": ancestral}
@@ -102,7 +117,7 @@ def sample(denoiser: Denoiser, seeds: list[int], item_shape: tuple[int, ...], si
     sigmas = check_schedule(sigmas)
     x, noise = initial_noise(seeds, item_shape, float(sigmas[0]), dtype, device)
     fn = get_sampler(name=sampler)
-    if sampler in ("ddim", "ancestral"):
+    if sampler in ("ddim", "ancestral") and kwargs.get("noise_sampler") is None:
         kwargs.setdefault("noise", noise)
     return fn(denoiser, x, sigmas, **kwargs)
 

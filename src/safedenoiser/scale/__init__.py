@@ -1,9 +1,10 @@
 """Negation sets at scale: memory-mapped files and top-k kernels with a bounded truncation error.
 
-The streamed exact kernels themselves live in :mod:`safedenoiser.kernels`; see the README section "Scale".
+The streamed exact kernels live in :mod:`safedenoiser.kernels`, the file format, readers and writer in
+:mod:`safedenoiser.negation_file`; see the README section "Scale".
 """
 
-from .mmap import MappedFileError, NegationFileWriter, SafetensorsWriter, map_array, map_safetensors
+from ..negation_file import MappedFileError, NegationFileWriter, SafetensorsWriter, map_array, map_safetensors
 from .topk import TopKError, TopKKernel, TopKMoments
 
 __all__ = ["MappedFileError", "NegationFileWriter", "SafetensorsWriter", "TopKError", "TopKKernel", "TopKMoments",

@@ -25,7 +25,6 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..fileio import write_with
 from ..images.common import save_grid, write_json, write_text
 from ..images.data import FASHION_CLASSES
 from ..methods import Correction, SparseRepellency, Window, make_correction
@@ -243,6 +242,7 @@ class TextToImageBench:
 def eps_conversions(scheduler: Any, x_t: Tensor, t: Any) -> tuple[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
     """Model output <-> epsilon at this call (SLD's threshold and scale are set for epsilon predictions):
     v = alpha eps - s x0 with x_t = alpha x0 + s eps gives eps = s x_t + alpha v (alpha^2 + s^2 = 1)."""
+    from ..models.conversions import eps_from_v, v_from_eps
     from ..pipelines.noise_levels import noise_level, scheduler_prediction
 
     prediction = scheduler_prediction(scheduler)
@@ -251,7 +251,7 @@ def eps_conversions(scheduler: Any, x_t: Tensor, t: Any) -> tuple[Callable[[Tens
     if prediction != "v":
         raise ValueError(f"SLD on a {prediction!r}-prediction model is not supported")
     alpha, s = noise_level(scheduler, t)
-    return (lambda v: s * x_t + alpha * v), (lambda eps: (eps - s * x_t) / alpha)
+    return (lambda v: eps_from_v(x_t, v, alpha, s)), (lambda eps: v_from_eps(x_t, eps, alpha, s))
 
 
 def benchmark_rows(size: T2ISize) -> list[PromptRow]:
@@ -336,12 +336,10 @@ def markdown_rows(rows: Sequence[T2IRow], plain_seconds: float) -> str:
 
 
 def plot_tradeoff(rows: Sequence[T2IRow], path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     from ..images.evaluator import FD_LABEL
+    from ..results import pyplot, save_figure
+
+    plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
     for method in dict.fromkeys(r.method for r in rows):
@@ -359,7 +357,7 @@ def plot_tradeoff(rows: Sequence[T2IRow], path: Path, title: str) -> None:
     axes[1].legend(fontsize=7, ncol=2)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    write_with(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    save_figure(fig, path, dpi=110)
     plt.close(fig)
 
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from .. import fileio
 from .text import MAX_TOKENS, encode_prompts, load_minilm
 
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "fashion_t2i"
@@ -230,26 +231,17 @@ def save_shipped(pipe: FashionTextPipeline, folder: str | Path) -> Path:
     import shutil
 
     folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    pipe.save_pretrained(tmp)
-    for name in ("text_encoder", "tokenizer"):
-        shutil.rmtree(tmp / name, ignore_errors=True)
-    index = json.loads((tmp / "model_index.json").read_text())
-    index["text_encoder"] = [None, None]
-    index["tokenizer"] = [None, None]
-    (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    keep = [p for p in folder.iterdir() if p.suffix in (".md", ".png")] if folder.exists() else []
-    for extra in keep:
-        shutil.copy2(extra, tmp / extra.name)
-    old = folder.with_name(folder.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if folder.exists():
-        folder.replace(old)  # a kill from here on leaves the previous export in .old, never a half-written folder
-    tmp.replace(folder)
-    shutil.rmtree(old, ignore_errors=True)
+    with fileio.atomic_folder(folder) as tmp:
+        pipe.save_pretrained(tmp)
+        for name in ("text_encoder", "tokenizer"):
+            shutil.rmtree(tmp / name, ignore_errors=True)
+        index = json.loads((tmp / "model_index.json").read_text())
+        index["text_encoder"] = [None, None]
+        index["tokenizer"] = [None, None]
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        keep = [p for p in folder.iterdir() if p.suffix in (".md", ".png")] if folder.exists() else []
+        for extra in keep:
+            shutil.copy2(extra, tmp / extra.name)
     return folder
 
 

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ..fileio import write_text, write_with
 from ..images.data import FASHION_CLASSES, load_data
+from ..models.conversions import v_from_eps_x0
 from ..images.train import optimise
 from .captions import held_out_captions, training_captions
 from .pipeline import FashionTextPipeline, sampling_scheduler, save_shipped, training_scheduler, unet_for_text
@@ -63,11 +64,6 @@ def caption_table() -> tuple[list[str], torch.Tensor]:
             captions.append(caption)
             labels.append(label)
     return captions, torch.tensor(labels)
-
-
-def v_target(x0: torch.Tensor, noise: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """v = alpha eps - sigma x0 (Salimans & Ho 2022), for (B, C, H, W) tensors and (B, 1, 1, 1) levels."""
-    return alpha * noise - sigma * x0
 
 
 def judge_accuracy(pipe: FashionTextPipeline, judge: Any, prompts: list[str], labels: list[int], guidance: float,
@@ -148,7 +144,7 @@ def train_text(cfg: TextTrainConfig, progress: bool = True) -> Path:
         t = torch.randint(0, len(abar), (cfg.batch_size,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
         alpha, sigma = abar[t].sqrt()[:, None, None, None], (1 - abar[t]).sqrt()[:, None, None, None]
-        target = v_target(x0, noise, alpha, sigma) if cfg.prediction_type == "v_prediction" else noise
+        target = v_from_eps_x0(noise, x0, alpha, sigma) if cfg.prediction_type == "v_prediction" else noise
         loss = (unet(alpha * x0 + sigma * noise, t, encoder_hidden_states=context).sample - target).pow(2).mean()
         value = optimise(opt, unet, ema, loss, step, lr=cfg.lr, warmup=cfg.warmup, ema_decay=cfg.ema_decay)
         loss_avg = value if math.isnan(loss_avg) else 0.99 * loss_avg + 0.01 * value
