@@ -6,6 +6,8 @@ r = beta* / (1 + beta*) on the toy benchmark's mixture families, against the exa
 * ``kde, kNN split``   the shipped estimate: kernel densities at bandwidth sigma, bank split by the kNN rule;
 * ``kde, exact split`` the same with the bank split by the true component labels (isolates the split's error);
 * ``kde, floor h0``    densities at the wider bandwidth sqrt(sigma^2 + h0^2) (kernel means stay at sigma), exact split;
+* ``kde + floor``      the shipped ``floor="share"``: r raised to the soft kNN coverage rule at the predicted x0
+                       (kNN split, nothing exact);
 * ``axis, h0``         r from the projection of x0 on the local unsafe axis E_u - E_s (kernel means at the floored
                        bandwidth), turned into a posterior by a logistic of (proj - 1/2) |axis|^2 / h^2; exact split.
 
@@ -60,7 +62,9 @@ def estimators(problem, h0s):
     neg = problem.negation
     runs = {"oracle": lambda: problem.safe_mixture,
             "kde, kNN split": lambda: CorrectedDenoiser(problem.mixture, make_correction(neg, "substitution", calibration=problem.calibration)),
-            "kde, exact split": lambda: CorrectedDenoiser(problem.mixture, make_correction(neg, "substitution", calibration=exact))}
+            "kde, exact split": lambda: CorrectedDenoiser(problem.mixture, make_correction(neg, "substitution", calibration=exact)),
+            "kde + floor (kNN split)": lambda: CorrectedDenoiser(problem.mixture, make_correction(
+                neg, "substitution", calibration=problem.calibration, floor="share"))}
     for h0 in h0s:
         runs[f"kde, floor h0={h0:g}"] = lambda h0=h0: CorrectedDenoiser(problem.mixture, FlooredSubstitution(neg, exact, h0, False))
         runs[f"axis, h0={h0:g}"] = lambda h0=h0: CorrectedDenoiser(problem.mixture, FlooredSubstitution(neg, exact, h0, True))
