@@ -437,6 +437,27 @@ def test_generate_refuses_other_settings_in_the_same_folder(model_dir, files, tm
     assert records[0]["parameters"]["log_threshold"] == "-inf"  # strict JSON: no bare -Infinity / NaN
 
 
+def test_negation_build_sweeps_its_output_temporaries_left_by_a_kill(tmp_path):
+    """A kill while the output set itself was written leaves ``.OUT.HOST.PID.*.tmp`` beside it; the next build removes
+    it, and leaves alone a dead process's temporary of another file in that folder."""
+    from safedenoiser.pipelines.negation_build import build_negation_set
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    paths = [_png(folder / f"{i}.png", size=4, seed=i) for i in range(3)]
+    out = tmp_path / "set.safetensors"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    mine, other = (fileio.temp_path(p) for p in (out, tmp_path / "notes.txt"))
+    mine, other = (p.with_name(p.name.replace(f".{os.getpid()}.", f".{dead.pid}.")) for p in (mine, other))
+    for path in (mine, other):
+        path.write_bytes(b"half")
+    build_negation_set(paths, lambda images: images.flatten(1)[:, :5].clone(), out, batch_size=2, progress=False)
+    assert not mine.exists() and other.exists() and len(NegationSet.load(out)) == 3
+    reliability_table.record("killed runs", "build_negation_set", "rerun after a kill while the output was written",
+                             "the output's temporary removed; other files' temporaries kept")
+
+
 def test_negation_build_redoes_batches_whose_images_changed(tmp_path):
     from safedenoiser.pipelines.negation_build import build_negation_set
 

@@ -13,6 +13,7 @@ a ``format`` tag of its metadata, and a file of another kind is refused with a m
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 import socket
@@ -151,15 +152,16 @@ def read_safetensors(path: str | Path, fmt: str | None = None, *, what: str = "f
     return tensors, header
 
 
-def remove_stale_temps(folder: str | Path) -> int:
+def remove_stale_temps(folder: str | Path, name: str | None = None) -> int:
     """Remove this host's temporary files in ``folder`` whose writing process is gone (left by a kill);
-    returns how many. Other hosts' temporaries are left alone (their process cannot be checked from here)."""
+    returns how many; with ``name``, only the temporaries of that file. Other hosts' temporaries are left alone (their
+    process cannot be checked from here)."""
     folder = Path(folder)
     host = _host()
     removed = 0
     if not folder.is_dir():
         return 0
-    for tmp in folder.glob(f".*.{host}.*{TEMP_SUFFIX}"):
+    for tmp in folder.glob(f".{glob.escape(name) if name else '*'}.{host}.*{TEMP_SUFFIX}"):
         parts = tmp.name[: -len(TEMP_SUFFIX)].split(".")
         try:
             pid = int(parts[-2])

@@ -94,6 +94,7 @@ def build_negation_set(paths: Sequence[str | Path], encode_fn: Callable[[Tensor]
         shutil.rmtree(parts_dir)
     parts_dir.mkdir(exist_ok=True)
     fileio.remove_stale_temps(parts_dir)
+    fileio.remove_stale_temps(out_path.parent, out_path.name)  # a kill while the output itself was written
     try:
         report = _encode_parts(paths, encode_fn, out_path, parts_dir, options, signature, batch_size=batch_size,
                                strict=strict, size=size, resize=resize, mode=mode, dtype=dtype, progress=progress)
