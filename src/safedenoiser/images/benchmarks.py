@@ -1,4 +1,5 @@
-"""Image benchmarks: unconditional class negation, class-conditional generation with CFG, memorisation.
+"""Image benchmarks: unconditional class negation, class-conditional generation with CFG, memorisation (the harness
+that runs and reports them is :mod:`.harness`).
 
 Every method runs on the same seeds and is swept over its main knob; each setting reports the unsafe
 rate (judge), FD (Fashion-MNIST classifier features), k-NN precision / recall and its cost in denoiser
@@ -9,8 +10,7 @@ and one sample grid per method at its best operating point (lowest FD with unsaf
 from __future__ import annotations
 
 import argparse
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -21,15 +21,14 @@ from tqdm.auto import tqdm
 from ..methods import (Calibration, CorrectedDenoiser, Correction, NegativeGuidance, ReferenceSet, SparseRepellency,
                        Window, make_correction)
 from ..methods.conditional import SafeClassifierFreeGuidance
-from ..results import pyplot, save_figure
 from ..negation import NegationSet
-from ..sampling import rejection_sample
 from .assets import (MODELS, NEGATED_CLASS, class_negation_images, class_reference, load_judge,
                      memorised_copy_threshold, memorised_images,
                      require)
-from .common import denoiser_evaluations, edm_sigmas, generate, save_grid, write_json, write_text
+from .common import denoiser_evaluations, edm_sigmas, generate
 from .data import FASHION_CLASSES, class_index
-from .evaluator import FD_LABEL, Evaluator, FeatureStats, copy_rates, frechet_distance, precision_recall
+from .evaluator import Evaluator, FeatureStats, copy_rates, frechet_distance, precision_recall
+from .harness import Benchmark, Measurement, Setting, rejection_row, write_report
 from .network import ClassifierFreeGuidance, load_checkpoint
 
 BANK_SEED = 1_000_000
@@ -64,32 +63,6 @@ SIZES = {
     "default": Size(samples=256, steps=8, bank=512, negation=500, sweeps=SWEEPS),
     "quick": Size(samples=10, steps=3, bank=32, negation=50, sweeps={k: v[-1:] for k, v in SWEEPS.items()}),
 }
-
-
-@dataclass
-class Setting:
-    """One method at one knob value; ``make()`` builds its denoiser, ``cost`` multiplies the network
-    evaluations per sampler step (2 for guidance that calls two denoisers)."""
-
-    method: str
-    knob: str
-    value: float | None
-    make: Callable[[], Callable[..., Tensor]]
-    cost: float = 1.0
-
-
-@dataclass
-class Row:
-    method: str
-    knob: str
-    value: float | None
-    unsafe: float
-    fd: float
-    precision: float
-    recall: float
-    nfe_per_sample: float
-    seconds: float
-    extra: dict[str, float] = field(default_factory=dict)
 
 
 class ClassWiseCorrected:
@@ -149,142 +122,6 @@ def method_settings(base: Callable[..., Tensor], negation: NegationSet, size: Si
     return settings
 
 
-def best_rows(rows: list[Row], target: float) -> dict[str, dict[str, Any]]:
-    """Per method: the lowest FD with unsafe <= target, else the lowest unsafe rate (then FD)."""
-    best: dict[str, dict[str, Any]] = {}
-    for method in dict.fromkeys(r.method for r in rows):
-        mine = [r for r in rows if r.method == method]
-        ok = [r for r in mine if r.unsafe <= target]
-        pick = min(ok, key=lambda r: r.fd) if ok else min(mine, key=lambda r: (r.unsafe, r.fd))
-        best[method] = {**asdict(pick), "meets_target": bool(ok)}
-    return best
-
-
-def plot_tradeoff(rows: list[Row], path: Path, title: str, unsafe_label: str) -> None:
-    plt = pyplot()
-
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for method in dict.fromkeys(r.method for r in rows):
-        mine = sorted((r for r in rows if r.method == method), key=lambda r: r.unsafe)
-        marker = {"plain": "*", "rejection": "s"}.get(method, "o")
-        ax.plot([100 * r.unsafe for r in mine], [r.fd for r in mine], marker=marker, label=method,
-                linestyle="-" if len(mine) > 1 else "none", markersize=10 if marker != "o" else 5)
-    ax.set_xlabel(f"{unsafe_label} (% of samples)")
-    ax.set_ylabel(FD_LABEL)
-    ax.set_yscale("log")
-    ax.set_title(title, fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
-    plt.close(fig)
-
-
-def markdown_table(rows: list[Row], best: dict[str, dict[str, Any]], unsafe_label: str, extra_cols: Sequence[str]) -> str:
-    head = f"| method | knob | {unsafe_label} | {FD_LABEL} | precision | recall | NFE / sample |" + "".join(
-        f" {c} |" for c in extra_cols)
-    lines = [head, "|" + "---|" * (7 + len(extra_cols))]
-
-    def fmt(r: dict[str, Any]) -> str:
-        value = "" if r["value"] is None else f"{r['knob']}={r['value']:.3g}"
-        cells = [r["method"], value, f"{100 * r['unsafe']:.1f}%", f"{r['fd']:.2f}", f"{r['precision']:.3f}",
-                 f"{r['recall']:.3f}", f"{r['nfe_per_sample']:.1f}"]
-        cells += [f"{r['extra'].get(c, float('nan')):.3f}" for c in extra_cols]
-        return "| " + " | ".join(cells) + " |"
-
-    return "\n".join([head, lines[1], *(fmt(b) for b in best.values())]), "\n".join(
-        [head, lines[1], *(fmt(asdict(r)) for r in rows)])
-
-
-@dataclass
-class Benchmark:
-    """Runs settings on one seed list and measures them with ``measure(samples) -> (unsafe, fd, p, r, extra)``."""
-
-    name: str
-    seeds: list[int]
-    steps: int
-    measure: Callable[[Tensor, Sequence[int]], tuple[float, float, float, float, dict[str, float]]]
-    cond: Callable[[Sequence[int]], dict[str, Any]] | None = None
-    progress: bool = True
-    samples: dict[str, Tensor] = field(default_factory=dict)
-
-    def run(self, setting: Setting, nfe: float | None = None) -> Row:
-        start = time.time()
-        images = generate(setting.make(), self.seeds, self.steps, cond=self.cond, progress=self.progress,
-                          desc=f"{setting.method} {setting.value if setting.value is not None else ''}")
-        unsafe, fd, precision, recall, extra = self.measure(images, self.seeds)
-        key = f"{setting.method}:{setting.value}"
-        self.samples[key] = images
-        return Row(setting.method, setting.knob, setting.value, unsafe, fd, precision, recall,
-                   nfe or setting.cost * denoiser_evaluations(self.steps), round(time.time() - start, 1), extra)
-
-
-def write_report(out: Path, name: str, title: str, rows: list[Row], bench: Benchmark, target: float,
-                 unsafe_label: str, config: dict[str, Any], extra_cols: Sequence[str] = (), notes: str = "") -> dict[str, Any]:
-    best = best_rows(rows, target)
-    out.mkdir(parents=True, exist_ok=True)
-    plot_tradeoff(rows, out / "tradeoff.png", title, unsafe_label)
-    grids = {}
-    for method, row in best.items():
-        images = bench.samples.get(f"{method}:{row['value']}")
-        if images is not None:
-            grids[method] = save_grid(images[:40], out / f"grid_{method}.png", nrow=20).name
-    best_md, all_md = markdown_table(rows, best, unsafe_label, extra_cols)
-    result = {"benchmark": name, "title": title, "config": config, "target_unsafe": target, "fd_label": FD_LABEL,
-              "rows": [asdict(r) for r in rows], "best": best, "grids": grids}
-    write_json(out / "results.json", result)
-    grid_md = "\n".join(f"- {m}: ![{m}]({g})" for m, g in grids.items())
-    text = f"""# {title}
-
-{notes}
-
-Configuration: `{config}`
-
-## Best operating point per method (lowest FD with {unsafe_label} <= {100 * target:.0f}%, else lowest {unsafe_label})
-
-{best_md}
-
-## Every setting
-
-{all_md}
-
-## Trade-off
-
-![trade-off](tradeoff.png)
-
-## Samples at each method's best operating point (first 40 seeds, same seeds for every method)
-
-{grid_md}
-"""
-    write_text(out / "results.md", text)
-    return result
-
-
-def rejection_row(bench: Benchmark, draw: Callable[[Sequence[int]], Tensor], is_unsafe: Callable[[Tensor], Tensor],
-                  nfe: int, plain: Tensor) -> Row:
-    """Rejection sampling: keep drawing plain samples (the first ones are reused) until len(seeds) are safe."""
-    start = time.time()
-    first = bench.seeds[0]
-    cached = {s: plain[i] for i, s in enumerate(bench.seeds)}
-
-    def cached_draw(seeds: Sequence[int]) -> Tensor:
-        missing = [s for s in seeds if s not in cached]
-        if missing:
-            for s, image in zip(missing, draw(missing)):
-                cached[s] = image
-        return torch.stack([cached[s] for s in seeds])
-
-    result = rejection_sample(cached_draw, is_unsafe, len(bench.seeds), first_seed=first, batch_size=len(bench.seeds),
-                              max_attempts=20 * len(bench.seeds))
-    unsafe, fd, precision, recall, extra = bench.measure(result.samples, result.seeds)
-    bench.samples["rejection:None"] = result.samples
-    # draws needed when sampling one seed at a time (the batches above may draw a few seeds past the last one kept)
-    needed = result.attempts if result.exhausted else max(result.seeds) - first + 1
-    extra = {**extra, "attempts": float(needed)}
-    return Row("rejection", "-", None, unsafe, fd, precision, recall, nfe * needed / max(1, len(result.seeds)),
-               round(time.time() - start, 1), extra)
-
-
 def _class_measure(evaluator: Evaluator, unsafe_label: int, reference,
                    requested: Callable[[Sequence[int]], Tensor] | None = None):
     def measure(images: Tensor, seeds: Sequence[int]):
@@ -298,7 +135,7 @@ def _class_measure(evaluator: Evaluator, unsafe_label: int, reference,
             want = requested(seeds)
             keep = want != unsafe_label
             extra["class_accuracy"] = float((predicted[keep] == want[keep]).double().mean())
-        return unsafe, fd, precision, recall, extra
+        return Measurement(unsafe, fd, precision, recall, extra)
     return measure
 
 
@@ -440,7 +277,8 @@ def bench_memorisation(out: Path, size: Size, progress: bool = True, negated_cou
         rates = copy_rates(images, memorised, negated, threshold)
         feats = evaluator.features(images)
         precision, recall = precision_recall(kept_features, feats)
-        return rates["copy_negated"], frechet_distance(feats, kept_stats), precision, recall, {"copy_other": rates["copy_other"]}
+        return Measurement(rates["copy_negated"], frechet_distance(feats, kept_stats), precision, recall,
+                           {"copy_other": rates["copy_other"]})
 
     bench = Benchmark("memorisation", seeds, size.steps, measure, progress=progress)
     rows = [bench.run(Setting("plain", "-", None, lambda: model))]

@@ -14,7 +14,6 @@ Each method is swept over its main knob; the report has a table of every setting
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..bench.report import best_per_method, markdown_table, plot_methods, report_document
 from ..images.common import save_grid, write_json, write_text
 from ..images.data import FASHION_CLASSES
 from ..methods import Correction, SparseRepellency, Window, make_correction
@@ -312,12 +312,8 @@ def settings(size: T2ISize, negation: NegationSet, reference: Any, plain_images:
 
 def best_settings(rows: Sequence[T2IRow], target: float = TARGET_ASR) -> dict[str, T2IRow]:
     """Per method: the lowest FD among settings with both ASRs <= target, else the lowest mean ASR (then FD)."""
-    best = {}
-    for method in dict.fromkeys(r.method for r in rows):
-        mine = [r for r in rows if r.method == method]
-        ok = [r for r in mine if max(r.asr_explicit, r.asr_evasive) <= target]
-        best[method] = min(ok, key=lambda r: r.fd) if ok else min(mine, key=lambda r: (r.asr, r.fd))
-    return best
+    return best_per_method(rows, key=lambda r: r.method, meets=lambda r: max(r.asr_explicit, r.asr_evasive) <= target,
+                           cost=lambda r: r.fd, risk=lambda r: r.asr)
 
 
 def _fmt_value(row: T2IRow) -> str:
@@ -327,12 +323,11 @@ def _fmt_value(row: T2IRow) -> str:
 
 
 def markdown_rows(rows: Sequence[T2IRow], plain_seconds: float) -> str:
-    head = ("| method | knob | ASR explicit | ASR evasive | neutral fidelity | neutral FD | s / image | x plain |\n"
-            "|---|---|---|---|---|---|---|---|")
-    lines = [f"| {r.method} | {_fmt_value(r)} | {100 * r.asr_explicit:.1f}% | {100 * r.asr_evasive:.1f}% | "
-             f"{100 * r.fidelity:.1f}% | {r.fd:.2f} | {r.seconds_per_image:.3f} | "
-             f"{r.seconds_per_image / plain_seconds:.2f} |" for r in rows]
-    return "\n".join([head, *lines])
+    return markdown_table(
+        ["method", "knob", "ASR explicit", "ASR evasive", "neutral fidelity", "neutral FD", "s / image", "x plain"],
+        ([r.method, _fmt_value(r), f"{100 * r.asr_explicit:.1f}%", f"{100 * r.asr_evasive:.1f}%",
+          f"{100 * r.fidelity:.1f}%", f"{r.fd:.2f}", f"{r.seconds_per_image:.3f}",
+          f"{r.seconds_per_image / plain_seconds:.2f}"] for r in rows))
 
 
 def plot_tradeoff(rows: Sequence[T2IRow], path: Path, title: str) -> None:
@@ -342,13 +337,8 @@ def plot_tradeoff(rows: Sequence[T2IRow], path: Path, title: str) -> None:
     plt = pyplot()
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4))
-    for method in dict.fromkeys(r.method for r in rows):
-        mine = sorted((r for r in rows if r.method == method), key=lambda r: r.asr)
-        marker = {"plain": "*", "rejection": "s"}.get(method, "o")
-        style = dict(marker=marker, label=method, linestyle="-" if len(mine) > 1 else "none",
-                     markersize=10 if marker != "o" else 5)
-        axes[0].plot([100 * r.asr for r in mine], [r.fd for r in mine], **style)
-        axes[1].plot([100 * r.asr for r in mine], [100 * r.fidelity for r in mine], **style)
+    plot_methods(axes[0], rows, lambda r: r.method, lambda r: 100 * r.asr, lambda r: r.fd)
+    plot_methods(axes[1], rows, lambda r: r.method, lambda r: 100 * r.asr, lambda r: 100 * r.fidelity)
     axes[0].set_ylabel(f"neutral prompts: {FD_LABEL}")
     axes[1].set_ylabel("neutral prompts: fidelity (%)")
     for ax in axes:
@@ -377,31 +367,13 @@ def write_t2i_report(out: Path, bench: TextToImageBench, rows: Sequence[T2IRow],
     result = {"benchmark": "t2i", "title": title, "config": config, "target_asr": TARGET_ASR,
               "rows": [asdict(r) for r in rows], "best": {m: asdict(r) for m, r in best.items()}, "grids": grids}
     write_json(out / "results.json", result)
-    grid_md = "\n".join(f"- {m}: ![{m}]({g})" for m, g in grids.items())
-    text = f"""# {title}
-
-Rows of each grid: 10 explicit, 10 evasive, 10 neutral images (same prompts and seeds for every method).
-ASR = share of images the judge calls '{AVOID}'; fidelity = share of neutral images judged as their requested class;
-FD on the judge's features against real test images of the other classes; seconds per image from this run.
-
-Configuration: `{config}`
-
-## Best setting per method (lowest FD with both ASRs <= {100 * TARGET_ASR:.0f}%, else the lowest mean ASR)
-
-{markdown_rows(list(best.values()), plain_seconds)}
-
-## Every setting
-
-{markdown_rows(rows, plain_seconds)}
-
-## Trade-off
-
-![trade-off](tradeoff.png)
-
-## Samples at each method's best setting
-
-{grid_md}
-"""
+    intro = (f"Rows of each grid: 10 explicit, 10 evasive, 10 neutral images (same prompts and seeds for every method).\n"
+             f"ASR = share of images the judge calls '{AVOID}'; fidelity = share of neutral images judged as their requested "
+             f"class;\nFD on the judge's features against real test images of the other classes; seconds per image from "
+             f"this run.")
+    text = report_document(title, intro, config, f"Best setting per method (lowest FD with both ASRs <= "
+                           f"{100 * TARGET_ASR:.0f}%, else the lowest mean ASR)", markdown_rows(list(best.values()), plain_seconds),
+                           markdown_rows(rows, plain_seconds), "Samples at each method's best setting", grids)
     write_text(out / "results.md", text)
     return result
 
