@@ -23,13 +23,14 @@ COMMAND_MODULES = [
     "safedenoiser.web.commands",
 ]
 
-#: Command modules that import torch when imported, with the top-level command they add (and its one-line help for
-#: ``safe-denoiser --help``; ``bench`` has its own): imported only when that command is used, so that ``--help``,
-#: ``--version`` and the other commands start without torch. Every other module registers without heavy imports.
+#: Command modules that import torch when imported, with the top-level commands they add (and a one-line help for
+#: ``safe-denoiser --help``; ``bench`` has its own): imported only when one of those commands is used, so that
+#: ``--help``, ``--version`` and the other commands start without torch. Every other module registers without heavy
+#: imports.
 DEFERRED = {
-    "safedenoiser.bench.toy": ("toy", "Gaussian-mixture benchmark of every method against the exact safe denoiser"),
-    "safedenoiser.bench.kernel": ("bench", None),
-    "safedenoiser.images.benchmarks": ("bench", None),
+    "safedenoiser.bench.toy": (("toy", "bench"), "alias of `safe-denoiser bench toy` (Gaussian-mixture benchmark)"),
+    "safedenoiser.bench.kernel": (("bench",), None),
+    "safedenoiser.images.benchmarks": (("bench",), None),
 }
 
 
@@ -84,13 +85,15 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     command = None if argv is None else command_of(argv)
     for name in COMMAND_MODULES:
-        deferred, help_line = DEFERRED.get(name, (None, None))
-        if deferred is None or argv is None or deferred == command:
+        commands, help_line = DEFERRED.get(name, ((), None))
+        if not commands or argv is None or command in commands:
             importlib.import_module(name).register(subparsers)
-        elif deferred == "bench":
-            bench_subparsers(subparsers)
-        elif deferred not in subparsers.choices:
-            subparsers.add_parser(deferred, help=help_line)  # listed in --help; never parsed (not this command)
+            continue
+        for deferred in commands:  # listed in --help; never parsed (not this command)
+            if deferred == "bench":
+                bench_subparsers(subparsers)
+            elif deferred not in subparsers.choices:
+                subparsers.add_parser(deferred, help=help_line)
     return parser
 
 

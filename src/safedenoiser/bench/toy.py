@@ -25,10 +25,11 @@ from ..methods import Calibration, CorrectedDenoiser, NegativeGuidance, SparseRe
 from ..metrics import median_bandwidths, mmd, unsafe_fraction
 from ..models.mixture import GaussianMixture, make_mixture, make_ring_mixture
 from ..negation import NegationSet
-from ..results import RunLog, pyplot, save_figure, write_atomic
-from .report import best_per_method, markdown_table
 from ..kernels import nearest_distances
+from ..results import RunLog, pyplot, save_figure, write_atomic
 from ..sampling import heun, initial_noise, karras_sigmas, rejection_sample, sample
+from . import bench_subparsers
+from .report import best_per_method, markdown_table
 
 UNSAFE_TARGET = 0.01
 BANK_SEED = 10**6  # bank seeds never overlap the evaluation seeds 0..samples-1
@@ -372,7 +373,14 @@ def run_toy(cfg: ToyConfig, progress: bool = True) -> dict[str, Any]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("toy", help="Gaussian-mixture benchmark of every method against the exact safe denoiser")
+    """``safe-denoiser bench toy`` (and ``safe-denoiser toy``, its alias)."""
+    about = "Gaussian-mixture benchmark of every method against the exact safe denoiser"
+    for parser in (bench_subparsers(subparsers).add_parser("toy", help=about, description=about),
+                   subparsers.add_parser("toy", help="alias of `safe-denoiser bench toy`", description=about)):
+        _add_arguments(parser)
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = ToyConfig()
     parser.add_argument("--dims", type=int, nargs="+", help=f"dimensions (default {' '.join(map(str, defaults.dims))})")
     parser.add_argument("--samples", type=int, help=f"samples per run (default {defaults.samples})")
@@ -384,7 +392,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "toy = 2 of 8 separated modes negated, adjacent = an arc of 2 on a ring of 12 modes 5 spreads "
                         "apart, mostly = 6 of 8 modes negated")
     parser.add_argument("--out", help=f"output folder (default {defaults.out})")
-    parser.add_argument("--quick", action="store_true", help=f"CI-sized defaults: {QUICK}")
+    parser.add_argument("--quick", action="store_true", help=f"CI-sized defaults (explicit flags still win): {QUICK}")
     parser.set_defaults(run=_main)
 
 
