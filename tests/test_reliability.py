@@ -239,7 +239,7 @@ def _cli_cases(f: Path, m: Path, tmp: Path):
          "none of the 1 images could be read"),
         ("negation build --out <a folder>", build[:6] + ["--out", str(f / "empty_dir")], "is a folder"),
         ("bench images --samples 0", ["bench", "images", "uncond", "--samples", "0"], "argument --samples"),
-        ("bench kernel --sizes 0", ["bench", "kernel", "--sizes", "0", "--out", str(tmp / "k")], "--sizes must be >= 1"),
+        ("bench kernel --sizes 0", ["bench", "kernel", "--sizes", "0", "--out", str(tmp / "k")], "argument --sizes"),
         ("evaluate --threshold 2", ["evaluate", "--run", str(tmp), "--threshold", "2"], "argument --threshold"),
     ]
 

@@ -198,8 +198,9 @@ def test_bench_kernel_command(tmp_path, capsys):
     assert [row["n"] for row in ok] == [300, 300] and "skipped" in report["grid"][-1]["status"]
     assert all(row["rel_err_vs_naive_mean"] <= 1e-5 and row["seconds"] > 0 for row in ok)
     assert "| float16 |" in (out / "kernel.md").read_text()
-    assert main(["bench", "kernel", "--sizes", "0", "--out", str(out)]) == 2
-    assert "must be >= 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "kernel", "--sizes", "0", "--out", str(out)])
+    assert exit_info.value.code == 2 and "argument --sizes: expected an integer >= 1" in capsys.readouterr().err
 
 
 def test_read_only_map_when_the_system_refuses_a_private_one(tmp_path, monkeypatch):

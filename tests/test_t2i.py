@@ -225,6 +225,16 @@ def test_t2i_commands_refuse_bad_values_in_one_line(capsys, argv, flag):
     assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and flag in err
 
 
+def test_text_training_refuses_image_only_flags(tmp_path, capsys):
+    """``train --text`` takes the flags TextTrainConfig has (its own defaults for the rest) and names the others."""
+    from safedenoiser.cli import main
+
+    assert main(["train", "--text", "--out", str(tmp_path / "t"), "--subset", "10", "--conditional"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--subset, --conditional apply to the image models only" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "t").exists()
+
+
 def test_generate_conditional_without_reference_is_one_line(tmp_path, capsys):
     from safedenoiser.cli import main
 

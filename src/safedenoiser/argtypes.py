@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from typing import Callable
+from typing import Any, Callable
 
 
 def _int(text: str) -> int:
@@ -89,3 +89,29 @@ def int_list(text: str) -> tuple[int, ...]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 1, got {text!r}")
     return values
+
+
+def add_config_flags(parser: argparse.ArgumentParser, config: Any, flags: dict[str, dict[str, Any]]) -> None:
+    """One ``--field-name`` per entry of ``flags`` (a field of the dataclass instance ``config`` -> ``add_argument``
+    keywords such as ``type``, ``choices``, ``help``; ``flag`` renames the option): the value type and the default
+    come from the config, so a knob is declared once. The parsed value is None when the flag is not given (then
+    the config's default, or a preset such as ``--quick``, applies); tuple fields take one or more values."""
+    for name, options in flags.items():
+        options = dict(options)
+        default = getattr(config, name)
+        flag = options.pop("flag", "--" + name.replace("_", "-"))
+        if isinstance(default, tuple):
+            options.setdefault("nargs", "+")
+        options.setdefault("metavar", flag.lstrip("-").replace("-", "_").upper())
+        if isinstance(default, tuple):
+            shown = (" " if options["nargs"] else ",").join(map(str, default))
+        else:
+            shown = default
+        options["help"] = f"{options.get('help', name.replace('_', ' '))} (default: {shown})"
+        parser.add_argument(flag, dest=name, default=None, **options)
+
+
+def given_config_values(args: argparse.Namespace, flags: dict[str, Any]) -> dict[str, Any]:
+    """The config fields the user gave on the command line (lists as tuples): what overrides defaults and presets."""
+    values = {name: getattr(args, name) for name in flags}
+    return {name: tuple(v) if isinstance(v, list) else v for name, v in values.items() if v is not None}

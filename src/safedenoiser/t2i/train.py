@@ -15,7 +15,7 @@ import copy
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -189,17 +189,19 @@ def _plain(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_text_training(args: Any, command: str) -> int:
-    """``safe-denoiser train --text``: the shared train flags mapped onto :class:`TextTrainConfig`."""
-    cfg = TextTrainConfig(out=args.out, steps=args.steps, batch_size=args.batch_size,
-                          lr=args.lr if args.lr != 2e-3 else TextTrainConfig.lr,
-                          widths=_widths(args.widths), seed=args.seed, checkpoint_every=args.checkpoint_every,
-                          time_limit_min=args.time_limit, threads=args.threads, command=command)
+    """``safe-denoiser train --text``: the train flags the user gave, mapped onto :class:`TextTrainConfig` (whose
+    defaults apply to the rest); flags of the image models only are refused."""
+    from ..argtypes import given_config_values
+    from ..images.config import TRAIN_FLAGS
+
+    given = given_config_values(args, TRAIN_FLAGS)
+    known = {f.name for f in fields(TextTrainConfig)}
+    image_only = sorted(k for k in given if k not in known)
+    if image_only or args.conditional:
+        names = [TRAIN_FLAGS[k].get("flag", "--" + k.replace("_", "-")) for k in image_only] + (
+            ["--conditional"] if args.conditional else [])
+        raise ValueError(f"train --text: {', '.join(names)} apply to the image models only")
+    cfg = TextTrainConfig(out=args.out, command=command, **given)
     path = train_text(cfg)
     print(f"pipeline: {path}")
     return 0
-
-
-def _widths(value: Any) -> tuple[int, ...]:
-    """--widths for the text model: the image models' default (16,32,64) means the text model's default."""
-    widths = tuple(int(w) for w in (value.split(",") if isinstance(value, str) else value))
-    return TextTrainConfig.widths if widths == (16, 32, 64) else widths
