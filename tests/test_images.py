@@ -155,3 +155,37 @@ def test_precision_recall_and_copies():
     samples = torch.cat([train_imgs[:3] + 0.01, torch.randn(2, 1, 4, 4, generator=gen) * 10])
     dist, index, is_copy = nearest_copies(samples, train_imgs, thr)
     assert is_copy.tolist() == [True, True, True, False, False] and index[:3].tolist() == [0, 1, 2]
+
+
+def test_plateau_rule_on_hand_made_curves():
+    from safedenoiser.images.quality import plateaued
+
+    def curve(fds, every=100):
+        return [{"step": every * (i + 1), "fd": fd} for i, fd in enumerate(fds)]
+
+    assert not plateaued(curve([50, 40, 30, 20, 10]), 0.03)  # still improving
+    assert plateaued(curve([50, 40, 30, 30, 30]), 0.03)  # the last fifth (after step 400) is not 3% better than 30
+    assert not plateaued(curve([50, 40, 30, 30, 29]), 0.03)  # 29 < 0.97 * 30: improving by more than 3%
+    assert not plateaued(curve([50, 40, 30]), 0.03)  # too few points
+    assert not plateaued(curve([50, 40, 30, 30, 30]), 0.0)  # rule off
+
+
+@pytest.mark.skipif(not assets.fashion_mnist_available(), reason="needs the Debian dataset-fashion-mnist package")
+def test_training_records_an_fd_curve_and_stops_on_a_plateau(tmp_path, monkeypatch):
+    from safedenoiser.images import quality
+
+    cfg = TrainConfig(out=str(tmp_path / "real"), steps=2, batch_size=4, widths=(8, 16), attention=False,
+                      checkpoint_every=2, eval_every=2, eval_samples=8, eval_steps=2)
+    info = load_checkpoint(train(cfg, progress=False)).info
+    assert [p["step"] for p in info["fd_curve"]] == [2] and info["fd_curve"][0]["fd"] > 0
+    # a constant FD: the plateau rule stops at the 4th evaluation (step 8 of 40)
+    monkeypatch.setattr(quality, "sample_fd", lambda *args, **kwargs: 100.0)
+    monkeypatch.setattr(quality, "test_set_stats", lambda evaluator: None)
+    cfg = TrainConfig(out=str(tmp_path / "flat"), steps=40, batch_size=4, widths=(8, 16), attention=False,
+                      checkpoint_every=10, eval_every=2, eval_samples=8, eval_steps=2, plateau=0.03)
+    info = load_checkpoint(train(cfg, progress=False)).info
+    assert info["steps"] == 8 and info["stopped_on_plateau"] and len(info["fd_curve"]) == 4
+    with pytest.raises(ValueError, match="plateau stopping needs an FD curve"):
+        train(TrainConfig(out=str(tmp_path / "x"), plateau=0.03), progress=False)
+    with pytest.raises(ValueError, match="eval_every needs --data fashion-mnist"):
+        train(TrainConfig(data="mnist", out=str(tmp_path / "y"), eval_every=5), progress=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -50,5 +51,16 @@ Load it with `safedenoiser.images.network.load_checkpoint("{checkpoint.name}")`:
 Samples (EMA weights, seeds 0-{len(seeds) - 1}, Heun {steps} steps, EDM schedule, {layout}):
 
 ![samples]({grid.name})
-"""
+{fd_curve_markdown(info)}"""
     return write_text(checkpoint.with_suffix(".md"), text)
+
+
+def fd_curve_markdown(info: dict[str, Any]) -> str:
+    """The training run's FD curve (``train --eval-every``) as a table, or nothing when it has none."""
+    curve = info.get("fd_curve") or []
+    if not curve:
+        return ""
+    rows = "\n".join(f"| {p['step']} | {p['fd']:.2f} | {p['wall_s'] / 60:.1f} |" for p in curve)
+    stop = " Stopped on the plateau rule." if info.get("stopped_on_plateau") else ""
+    return (f"\nFD of plain samples against the Fashion-MNIST test set during training (judge features):{stop}\n\n"
+            f"| step | FD | wall min |\n|---|---|---|\n{rows}\n")

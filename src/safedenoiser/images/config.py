@@ -31,6 +31,10 @@ class TrainConfig:
     threads: int = 1
     image_size: int = 28
     channels: int = 1
+    eval_every: int = 0  # FD of plain EMA samples against the Fashion-MNIST test set every this many steps (0: off)
+    eval_samples: int = 256
+    eval_steps: int = 8  # Heun steps of the evaluation samples
+    plateau: float = 0.0  # stop when the best FD of the last fifth of training is < this much better (0.03 = 3%)
     command: str = field(default="", repr=False)
 
 
@@ -49,4 +53,9 @@ TRAIN_FLAGS: dict[str, dict] = {
     "threads": dict(type=positive_int, help="torch threads (1 shares the machine)"),
     "image_size": dict(type=positive_int, help="for folders: expected image size"),
     "channels": dict(type=int, choices=(1, 3), help="for folders: 1 (grey) or 3 (RGB)"),
+    "eval_every": dict(type=nonnegative_int, help="Fashion-MNIST: FD of plain samples vs the test set every N steps (0: off)"),
+    "eval_samples": dict(type=positive_int, help="samples per FD evaluation"),
+    "eval_steps": dict(type=positive_int, help="Heun steps of the FD evaluation samples"),
+    "plateau": dict(type=nonnegative_float, help="stop when the last fifth of training improved the FD by less than this "
+                    "fraction, e.g. 0.03 (0: train all --steps)"),
 }

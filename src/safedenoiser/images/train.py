@@ -98,10 +98,16 @@ def check_config(cfg: TrainConfig) -> None:
               ("threads", cfg.threads >= 1), ("lr", math.isfinite(cfg.lr) and cfg.lr > 0), ("warmup", cfg.warmup >= 1),
               ("time_limit_min", math.isfinite(cfg.time_limit_min) and cfg.time_limit_min >= 0), ("subset", cfg.subset >= 0),
               ("widths", len(cfg.widths) > 0 and all(w >= 1 for w in cfg.widths)), ("image_size", cfg.image_size >= 1),
-              ("ema_decay", 0 <= cfg.ema_decay < 1), ("label_dropout", 0 <= cfg.label_dropout <= 1)]
+              ("ema_decay", 0 <= cfg.ema_decay < 1), ("label_dropout", 0 <= cfg.label_dropout <= 1),
+              ("eval_every", cfg.eval_every >= 0), ("eval_samples", cfg.eval_samples >= 2), ("eval_steps", cfg.eval_steps >= 1),
+              ("plateau", math.isfinite(cfg.plateau) and 0 <= cfg.plateau < 1)]
     for name, ok in checks:
         if not ok:
             raise ValueError(f"invalid training option {name}={getattr(cfg, name)!r}")
+    if cfg.eval_every and cfg.data != "fashion-mnist":
+        raise ValueError(f"eval_every needs --data fashion-mnist (the FD uses the Fashion-MNIST judge), got {cfg.data!r}")
+    if cfg.plateau and not cfg.eval_every:
+        raise ValueError("plateau stopping needs an FD curve: give eval_every > 0")
 
 
 def train(cfg: TrainConfig, progress: bool = True) -> Path:
@@ -120,7 +126,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     state_path = out / "state.pt"
-    step, wall, loss_avg, history = 0, 0.0, float("nan"), []
+    step, wall, loss_avg, history, curve = 0, 0.0, float("nan"), [], []
     fileio.remove_stale_temps(out)
     if state_path.is_file():
         state = load_state(state_path)
@@ -134,8 +140,16 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         except (RuntimeError, ValueError, KeyError, TypeError) as err:
             raise ValueError(f"{state_path} does not match this model or data ({err}); use a new --out folder") from err
         step, wall, loss_avg, history = state["step"], state["wall"], state["loss_avg"], state["history"]
+        curve = state.get("fd_curve", [])
     fileio.write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     labels_all = data.labels
+    evaluator = reference = None
+    if cfg.eval_every:
+        from .assets import load_judge
+        from .quality import test_set_stats
+
+        evaluator = load_judge()
+        reference = test_set_stats(evaluator)
     start = time.time()
     wall0 = wall
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {out.name}", disable=not progress, mininterval=10)
@@ -154,17 +168,27 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         bar.update(1)
         bar.set_postfix(loss=f"{loss_avg:.4f}", refresh=False)
         done = step >= cfg.steps or (cfg.time_limit_min and time.time() - start > 60 * cfg.time_limit_min)
+        stalled = False
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            from .quality import plateaued, sample_fd
+
+            fd = sample_fd(ema.eval(), evaluator, reference, cfg.eval_samples, cfg.eval_steps, cfg.conditional)
+            curve.append({"step": step, "fd": round(fd, 3), "wall_s": round(wall, 1)})
+            bar.write(f"step {step}: FD {fd:.2f} ({cfg.eval_samples} samples, {cfg.eval_steps} Heun steps)")
+            stalled = plateaued(curve, cfg.plateau)
+            done = done or stalled
         if step % cfg.checkpoint_every == 0 or done:
             history.append({"step": step, "loss": loss_avg, "wall_s": round(wall, 1)})
             info = {"command": cfg.command, "data": data.source, "steps": step, "wall_time_s": round(wall, 1),
                     "seed": cfg.seed, "final_loss": round(loss_avg, 5), "batch_size": cfg.batch_size,
-                    "subset_index": subset_index, "params": sum(p.numel() for p in model.parameters())}
+                    "subset_index": subset_index, "params": sum(p.numel() for p in model.parameters()),
+                    "fd_curve": curve, "stopped_on_plateau": stalled}
             # the export first, the state second: a kill between the two resumes from the older state and
             # exports again, so model.safetensors is never older than state.pt
             ema.save(out / "model.safetensors", info)
             state = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
                      "rng": gen.get_state(), "step": step, "wall": wall, "loss_avg": loss_avg,
-                     "history": history, "config": asdict(cfg)}
+                     "history": history, "fd_curve": curve, "config": asdict(cfg)}
             fileio.write_with(state_path, lambda tmp: torch.save(state, tmp))
         if done:
             break

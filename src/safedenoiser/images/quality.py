@@ -1,0 +1,43 @@
+"""Sample quality during training: the FD of plain samples against the Fashion-MNIST test set, and the plateau rule
+that stops training when it no longer improves."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from .common import generate
+from .evaluator import Evaluator, FeatureStats, frechet_distance
+
+EVAL_SEED = 2_000_000  # evaluation seeds never overlap the benchmarks' (0..) or the banks' (1e6..)
+CLASSES = 10
+
+
+def test_set_stats(evaluator: Evaluator) -> FeatureStats:
+    """Judge features of the whole Fashion-MNIST test set (10,000 images, every class)."""
+    from .data import load_fashion_mnist
+
+    return FeatureStats.of(evaluator.features(load_fashion_mnist("test").images))
+
+
+def sample_fd(denoiser: Any, evaluator: Evaluator, reference: FeatureStats, samples: int, steps: int,
+              conditional: bool) -> float:
+    """FD (judge features) of ``samples`` plain samples (Heun, ``steps``) against ``reference``; a conditional model
+    is asked for every class in turn (no guidance)."""
+    seeds = list(range(EVAL_SEED, EVAL_SEED + samples))
+    cond = (lambda chunk: {"class_labels": torch.as_tensor(list(chunk)) % CLASSES}) if conditional else None
+    images: Tensor = generate(denoiser, seeds, steps, cond=cond, progress=False)
+    return frechet_distance(evaluator.features(images), reference)
+
+
+def plateaued(curve: Sequence[dict[str, float]], gain: float, fraction: float = 0.2, min_points: int = 4) -> bool:
+    """True when the best FD measured in the last ``fraction`` of the steps so far is less than ``gain`` (relative)
+    better than the FD at the last evaluation before that stretch. ``curve``: [{"step", "fd"}, ...] in step order."""
+    if gain <= 0 or len(curve) < min_points:
+        return False
+    start = (1 - fraction) * curve[-1]["step"]
+    before = [p["fd"] for p in curve if p["step"] <= start]
+    within = [p["fd"] for p in curve if p["step"] > start]
+    return bool(before and within) and min(within) > (1 - gain) * before[-1]
