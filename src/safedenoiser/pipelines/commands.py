@@ -139,8 +139,8 @@ def run_generate(args: argparse.Namespace) -> int:
             params["window"] = Window(ve_sigma_at_timestep(pipe.scheduler, args.window_t))
         hook = attach_safe_denoiser(pipe, args.negation, args.mode, check=not args.no_check, **params)
         method = f"safe-denoiser/{args.mode}"
-        params = {**params, "negation": str(args.negation), "window_t": args.window_t}
-        params.pop("window", None)
+        # what the correction was built with, read back from it (every knob, defaults included), files by path
+        params = {**hook.correction.config, "negation": str(args.negation), "window_t": args.window_t}
         if "reference" in params:
             params["reference"] = str(args.reference)
     call = {k: v for k, v in (("height", args.height), ("width", args.width),
