@@ -189,3 +189,22 @@ def test_training_records_an_fd_curve_and_stops_on_a_plateau(tmp_path, monkeypat
         train(TrainConfig(out=str(tmp_path / "x"), plateau=0.03), progress=False)
     with pytest.raises(ValueError, match="eval_every needs --data fashion-mnist"):
         train(TrainConfig(data="mnist", out=str(tmp_path / "y"), eval_every=5), progress=False)
+
+
+def test_fd_by_sampler_steps_reuses_the_seeds_at_every_point(monkeypatch):
+    """Each point of the curve is sample_fd at that many steps, on the same evaluation seeds."""
+    from safedenoiser.images import quality
+
+    seen = []
+    monkeypatch.setattr(quality, "generate", lambda den, seeds, steps, cond=None, progress=False:
+                        seen.append((tuple(seeds), steps)) or torch.zeros(len(seeds), 1, 28, 28))
+
+    class Judge:
+        def features(self, images):
+            return torch.randn(len(images), 4, generator=torch.Generator().manual_seed(len(seen)))
+
+    reference = FeatureStats.of(torch.randn(50, 4, generator=torch.Generator().manual_seed(9)))
+    curve = quality.fd_by_sampler_steps(None, Judge(), reference, samples=6, steps=[4, 8])
+    assert [p["steps"] for p in curve] == [4, 8] and [p["nfe"] for p in curve] == [7, 15]
+    assert seen[0][0] == seen[1][0] and [s for _, s in seen] == [4, 8]
+    assert all(p["fd"] > 0 for p in curve)

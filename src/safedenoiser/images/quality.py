@@ -41,3 +41,13 @@ def plateaued(curve: Sequence[dict[str, float]], gain: float, fraction: float = 
     before = [p["fd"] for p in curve if p["step"] <= start]
     within = [p["fd"] for p in curve if p["step"] > start]
     return bool(before and within) and min(within) > (1 - gain) * before[-1]
+
+
+def fd_by_sampler_steps(denoiser: Any, evaluator: Evaluator, reference: FeatureStats, samples: int,
+                        steps: Sequence[int], conditional: bool = False) -> list[dict[str, float]]:
+    """The FD-versus-sampler-steps curve of a model (same seeds at every point): [{"steps", "nfe", "fd"}, ...], to
+    choose the sampler steps from the curve rather than for speed."""
+    from .common import denoiser_evaluations
+
+    return [{"steps": n, "nfe": denoiser_evaluations(n), "fd": sample_fd(denoiser, evaluator, reference, samples, n,
+                                                                          conditional)} for n in steps]
