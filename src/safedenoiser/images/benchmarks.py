@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..methods import (Calibration, CorrectedDenoiser, Correction, NegativeGuidance, ReferenceSet, SparseRepellency,
-                       Window, make_correction)
+                       Window, default_candidates, make_correction, select_knobs)
 from ..methods.conditional import SafeClassifierFreeGuidance
 from ..negation import NegationSet
 from .assets import (MODELS, NEGATED_CLASS, class_negation_images, class_reference, load_judge,
@@ -32,6 +32,7 @@ from .harness import Benchmark, Measurement, Setting, rejection_row, write_repor
 from .network import ClassifierFreeGuidance, load_checkpoint
 
 BANK_SEED = 1_000_000
+RULE_SEED = 3_000_000  # trial samples of the default knob rule
 PAPER_WINDOW = (0.0, 0.22)  # the paper's critical window t in [780, 1000] of 1000 DDPM steps
 HALF_WINDOW = (0.0, 0.5)  # the first (high-noise) half of the steps: where bank substitution acts
 REFERENCE_PER_CLASS = 100  # the conditional mode's shared reference set: real training images of each allowed class
@@ -53,6 +54,7 @@ SWEEPS = {
     "calibrated-window": [1.0, 2.0],
     "substitution": [1.0, 2.0, 4.0],
     "substitution-floor": [1.0, 2.0],
+    "default-rule": [1],  # run bank substitution at the knobs select_knobs picks (uncond)
     "spell": [0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3],  # quantiles of the distance from plain samples to the negation set
     "negative": [0.5, 1.0, 2.0],
     "negative-class": [2.0],
@@ -89,6 +91,31 @@ def calibrated_correction(negation: NegationSet, calibration: Calibration, mode:
         floor = "share" if mode == "substitution-floor" else None
         return make_correction(negation, "substitution", calibration=calibration, gain=gain, window=window, floor=floor)
     return make_correction(negation, "calibrated", calibration=calibration, gain=gain, window=window)
+
+
+def default_rule_setting(model: Callable[..., Tensor], negation: NegationSet, bank: Tensor, steps: int, sigmas: Tensor,
+                         progress: bool = True) -> Setting | None:
+    """Bank substitution (first half of the steps) with the knobs the default rule picks from the model, the negation
+    set and the bank alone (:func:`select_knobs`: gain ladder and the classifier floor, trial samples on their own
+    seeds); its trials are part of the bank's up-front cost."""
+    half = Window.from_step_fractions(sigmas, *HALF_WINDOW)
+    held = max(2, round(0.25 * bank.shape[0]))
+    seeds = list(range(RULE_SEED, RULE_SEED + held))
+
+    def build(knobs: dict[str, Any], calibration: Calibration) -> Callable[..., Tensor]:
+        return CorrectedDenoiser(model, make_correction(negation, "substitution", calibration=calibration, window=half, **knobs))
+
+    try:
+        choice = select_knobs(lambda knobs, cal: generate(build(knobs, cal), seeds, steps, progress=False).flatten(1),
+                              bank, negation, default_candidates("substitution"))
+    except ValueError as err:
+        tqdm.write(f"default rule skipped: {err}")
+        return None
+    full = Calibration.from_bank(bank, negation)
+    label = "gain" + ("+floor" if choice.knobs.get("floor") else "")
+    if progress:
+        tqdm.write(f"default rule: {choice.knobs} (trials: {[(t['knobs'], round(t['covered'], 3)) for t in choice.trials]})")
+    return Setting("substitution-rule", label, choice.knobs["gain"], lambda: build(choice.knobs, full))
 
 
 def spell_radii(plain: Tensor, negation: NegationSet, quantiles: Sequence[float]) -> list[float]:
@@ -166,6 +193,8 @@ def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NE
         return CorrectedDenoiser(model, calibrated_correction(negation, calibration, mode, gain, window))
 
     settings = method_settings(model, negation, size, plain, calibrated, sigmas)[1:]
+    rule = default_rule_setting(model, negation, bank, size.steps, sigmas, progress) if size.sweeps.get("default-rule") else None
+    settings += [rule] if rule is not None else []
     cond_path = MODELS["cond"]
     if cond_path.is_file() and size.sweeps["negative"]:
         cond_model = load_checkpoint(cond_path)

@@ -171,7 +171,7 @@ def select_knobs(draw: Callable[[dict[str, Any], Calibration], Tensor], bank: Te
     if not candidates:
         raise ValueError("select_knobs: no candidate knobs to try")
     fit, held_out = flat[:-held], flat[-held:]
-    calibration = Calibration.from_bank(fit, negation, neighbours=neighbours)
+    calibration = Calibration.from_bank(bank[:-held], negation, neighbours=neighbours)  # items keep their shape
     cut = coverage_cut(len(negation), fit.shape[0])
     held_safe = held_out[negation_share(fit, negation, neighbours, queries=held_out) < cut]
     if held_safe.shape[0] < 2:
