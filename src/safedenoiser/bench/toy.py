@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..methods import Calibration, CorrectedDenoiser, NegativeGuidance, SparseRepellency, default_candidates, make_correction, select_knobs
+from ..methods import Calibration, CorrectedDenoiser, NegativeGuidance, SparseRepellency, default_candidates, holdout_size, make_correction, select_knobs
 from ..metrics import median_bandwidths, mmd, unsafe_fraction
 from ..models.mixture import GaussianMixture, make_mixture, make_ring_mixture
 from ..negation import NegationSet
@@ -190,8 +190,7 @@ def method_runs(problem: Problem, cfg: ToyConfig, rules: dict[str, dict[str, Any
 def default_rule(problem: Problem, mode: str) -> dict[str, Any]:
     """The knobs the default rule (:func:`select_knobs`) picks for ``mode`` from the model, the negation set and the
     bank alone, with its trials and the denoiser evaluations they cost (trial samples have their own seeds)."""
-    held = max(2, round(0.25 * problem.bank.shape[0]))
-    seeds = list(range(AUTO_SEED, AUTO_SEED + held))
+    seeds = list(range(AUTO_SEED, AUTO_SEED + holdout_size(problem.bank.shape[0])))
     counter = EvaluationCounter()
 
     def draw(knobs: dict[str, Any], calibration: Calibration) -> Tensor:

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from .. import fileio
-from .common import ASSETS
+from .common import ASSETS, to_uint8
 from .data import FASHION_CLASSES, DataError, class_index, fashion_mnist_available, load_fashion_mnist
 from .evaluator import Evaluator, FeatureStats, calibrate_copy_threshold
 
@@ -25,10 +25,6 @@ NEGATED_CLASS = "trouser"
 SHIPPED_NEGATION = 500
 SHIPPED_REFERENCE = 1000
 MEMORISED_KEYS = ("memorised", "memorised_index", "memorised_copy_threshold")
-
-
-def _to_uint8(images: Tensor) -> Tensor:
-    return ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
 def _from_uint8(images: Tensor) -> Tensor:
@@ -142,10 +138,10 @@ def build_eval_assets(evaluator: Evaluator, path: Path = EVAL_ASSET, subset_inde
     replaced are kept)."""
     negation = class_negation_images(NEGATED_CLASS, SHIPPED_NEGATION)
     ref = class_reference(evaluator, NEGATED_CLASS, SHIPPED_REFERENCE)
-    tensors = {"negation": _to_uint8(negation), "reference": _to_uint8(ref.images), "ref_mean": ref.stats.mean,
+    tensors = {"negation": to_uint8(negation), "reference": to_uint8(ref.images), "ref_mean": ref.stats.mean,
                "ref_cov": ref.stats.cov, "ref_count": torch.tensor(ref.stats.count)}
     if subset_index:
-        tensors["memorised"] = _to_uint8(memorised_images(subset_index))
+        tensors["memorised"] = to_uint8(memorised_images(subset_index))
         tensors["memorised_index"] = torch.tensor(subset_index, dtype=torch.long)
         tensors["memorised_copy_threshold"] = torch.tensor(memorised_copy_threshold(subset_index), dtype=torch.float64)
     elif Path(path).is_file():

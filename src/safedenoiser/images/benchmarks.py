@@ -19,7 +19,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..methods import (Calibration, CorrectedDenoiser, Correction, NegativeGuidance, ReferenceSet, SparseRepellency,
-                       Window, default_candidates, make_correction, select_knobs)
+                       Window, default_candidates, holdout_size, make_correction, select_knobs)
 from ..methods.conditional import SafeClassifierFreeGuidance
 from ..negation import NegationSet
 from .assets import (MODELS, NEGATED_CLASS, class_negation_images, class_reference, load_judge,
@@ -93,14 +93,13 @@ def calibrated_correction(negation: NegationSet, calibration: Calibration, mode:
     return make_correction(negation, "calibrated", calibration=calibration, gain=gain, window=window)
 
 
-def default_rule_setting(model: Callable[..., Tensor], negation: NegationSet, bank: Tensor, steps: int, sigmas: Tensor,
-                         progress: bool = True) -> Setting | None:
+def default_rule_setting(model: Callable[..., Tensor], negation: NegationSet, bank: Tensor, calibration: Calibration,
+                         steps: int, sigmas: Tensor, progress: bool = True) -> Setting | None:
     """Bank substitution (first half of the steps) with the knobs the default rule picks from the model, the negation
     set and the bank alone (:func:`select_knobs`: gain ladder and the classifier floor, trial samples on their own
     seeds); its trials are part of the bank's up-front cost."""
     half = Window.from_step_fractions(sigmas, *HALF_WINDOW)
-    held = max(2, round(0.25 * bank.shape[0]))
-    seeds = list(range(RULE_SEED, RULE_SEED + held))
+    seeds = list(range(RULE_SEED, RULE_SEED + holdout_size(bank.shape[0])))
 
     def build(knobs: dict[str, Any], calibration: Calibration) -> Callable[..., Tensor]:
         return CorrectedDenoiser(model, make_correction(negation, "substitution", calibration=calibration, window=half, **knobs))
@@ -111,11 +110,10 @@ def default_rule_setting(model: Callable[..., Tensor], negation: NegationSet, ba
     except ValueError as err:
         tqdm.write(f"default rule skipped: {err}")
         return None
-    full = Calibration.from_bank(bank, negation)
     label = "gain" + ("+floor" if choice.knobs.get("floor") else "")
     if progress:
         tqdm.write(f"default rule: {choice.knobs} (trials: {[(t['knobs'], round(t['covered'], 3)) for t in choice.trials]})")
-    return Setting("substitution-rule", label, choice.knobs["gain"], lambda: build(choice.knobs, full))
+    return Setting("substitution-rule", label, choice.knobs["gain"], lambda: build(choice.knobs, calibration))
 
 
 def spell_radii(plain: Tensor, negation: NegationSet, quantiles: Sequence[float]) -> list[float]:
@@ -193,7 +191,7 @@ def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NE
         return CorrectedDenoiser(model, calibrated_correction(negation, calibration, mode, gain, window))
 
     settings = method_settings(model, negation, size, plain, calibrated, sigmas)[1:]
-    rule = default_rule_setting(model, negation, bank, size.steps, sigmas, progress) if size.sweeps.get("default-rule") else None
+    rule = default_rule_setting(model, negation, bank, calibration, size.steps, sigmas, progress) if size.sweeps.get("default-rule") else None
     settings += [rule] if rule is not None else []
     cond_path = MODELS["cond"]
     if cond_path.is_file() and size.sweeps["negative"]:

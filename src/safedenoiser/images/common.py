@@ -41,9 +41,14 @@ def denoiser_evaluations(steps: int, sampler: str = "heun") -> int:
     return 2 * steps - 1 if sampler == "heun" else steps
 
 
+def to_uint8(images: Tensor) -> Tensor:
+    """Images in [-1, 1] -> uint8 pixels in [0, 255] (clipped, rounded), on the CPU."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
 def grid_array(images: Tensor, nrow: int, pad: int = 2) -> np.ndarray:
     """(B, C, H, W) in [-1, 1] -> uint8 (rows*(H+pad), nrow*(W+pad)[, 3]) mosaic, white padding."""
-    images = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    images = to_uint8(images)
     count, channels, height, width = images.shape
     rows = -(-count // nrow)
     canvas = torch.full((channels, rows * (height + pad) + pad, nrow * (width + pad) + pad), 255, dtype=torch.uint8)

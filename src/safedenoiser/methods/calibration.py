@@ -59,7 +59,7 @@ def coverage_cut(negation_size: int, bank_size: int) -> float:
 
 class Calibration:
     """``safe_bank`` (M_s, D): model samples not covered by the negation set; ``unsafe_share`` = pi_u in (0, 1);
-    ``bank`` (M, D): the whole bank, kept by :meth:`from_bank` for :meth:`covered_share` (the classifier floor)."""
+    ``bank`` (M, D): the whole bank, kept by :meth:`from_bank` for :meth:`covered_posterior` (the classifier floor)."""
 
     def __init__(self, safe_bank: Tensor, unsafe_share: float, *, radius: float | None = None, bank_size: int | None = None,
                  bank: Tensor | None = None, neighbours: int = 20):
@@ -142,6 +142,11 @@ def default_candidates(mode: str) -> list[dict[str, Any]]:
     return candidates
 
 
+def holdout_size(bank_size: int, holdout: float = 0.25) -> int:
+    """How many bank samples :func:`select_knobs` holds out, and so how many trial samples ``draw`` must return."""
+    return max(2, int(round(holdout * bank_size)))
+
+
 @dataclass
 class KnobChoice:
     """The knobs picked by :func:`select_knobs` and what was measured for every candidate."""
@@ -156,8 +161,8 @@ def select_knobs(draw: Callable[[dict[str, Any], Calibration], Tensor], bank: Te
                  neighbours: int = 20) -> KnobChoice:
     """The default rule for the knobs of the calibrated and substitution modes, from the model, the negation set and
     the bank alone (no judge, no test seeds): hold out the last ``holdout`` share of the bank; calibrate on the rest;
-    for each candidate (a dict of knobs, e.g. ``{"gain": 2.0}``) draw as many samples as were held out,
-    ``draw(knobs, calibration)`` (fresh seeds), and measure
+    for each candidate (a dict of knobs, e.g. ``{"gain": 2.0}``) draw as many samples as were held out
+    (:func:`holdout_size`), ``draw(knobs, calibration)`` (fresh seeds), and measure
       * covered: the share of them the negation set covers, by the same k-nearest-neighbour rule that splits the
         bank (an estimate of the unsafe share that needs no judge);
       * mmd: their MMD to the held-out samples that the negation set does not cover (an estimate of the distance
@@ -165,7 +170,7 @@ def select_knobs(draw: Callable[[dict[str, Any], Calibration], Tensor], bank: Te
     Pick the lowest mmd among the candidates with covered <= ``target``; if none reaches it, the lowest covered
     share. The caller then applies the chosen knobs with a calibration of the whole bank."""
     flat = bank.reshape(bank.shape[0], -1)
-    held = max(2, int(round(holdout * flat.shape[0])))
+    held = holdout_size(flat.shape[0], holdout)
     if flat.shape[0] - held < 2:
         raise ValueError(f"select_knobs: a bank of {flat.shape[0]} samples is too small to hold out {held}")
     if not candidates:

@@ -25,9 +25,11 @@ import torch
 from torch import Tensor
 
 from .. import fileio
+from ..images.common import to_uint8
 from ..images.data import FASHION_CLASSES
 from ..methods import Correction
 from ..negation import NegationSet
+from ..results import save_figure
 
 Progress = Callable[[float, str], None]
 
@@ -584,7 +586,7 @@ def labelled_grid(images: Tensor, labels: Sequence[str], *, columns: int | None 
     count = len(images)
     columns = columns or (4 if count <= 16 else 8)
     rows = -(-count // columns)
-    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+    pixels = to_uint8(images)
     tile, pad, caption = pixels.shape[-1] * scale, 4, 18
     canvas = Image.new("RGB", (columns * (tile + pad) + pad, rows * (tile + caption + pad) + pad), "white")
     draw = ImageDraw.Draw(canvas)
@@ -658,13 +660,13 @@ def write_downloads(result: RunResult, folder: str | Path) -> dict[str, Path]:
     for key, image in grids.items():
         fileio.write_with(out[key], lambda tmp, image=image: image.save(tmp, format="PNG"))
     figure = diagnostics_figure(result)
-    fileio.write_with(out["diagnostics"], lambda tmp: figure.savefig(tmp, format="png"))
+    save_figure(figure, out["diagnostics"])
     record = json.dumps(result.record(), indent=1, allow_nan=False, default=str)
     fileio.write_text(out["record"], record + "\n")
 
     def png(image: Tensor) -> bytes:
         buffer = io.BytesIO()
-        pixels = ((image[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).numpy()
+        pixels = to_uint8(image[0]).numpy()
         Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
         return buffer.getvalue()
 
