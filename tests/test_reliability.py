@@ -241,6 +241,11 @@ def _cli_cases(f: Path, m: Path, tmp: Path):
         ("bench images --samples 0", ["bench", "images", "uncond", "--samples", "0"], "argument --samples"),
         ("bench kernel --sizes 0", ["bench", "kernel", "--sizes", "0", "--out", str(tmp / "k")], "argument --sizes"),
         ("evaluate --threshold 2", ["evaluate", "--run", str(tmp), "--threshold", "2"], "argument --threshold"),
+        ("train --plateau 0.03 (no --eval-every)", ["train", "--out", str(tmp / "p"), "--plateau", "0.03"],
+         "plateau stopping needs an FD curve"),
+        ("train --eval-every 5 --data mnist", ["train", "--out", str(tmp / "q"), "--data", "mnist", "--eval-every", "5"],
+         "eval_every needs --data fashion-mnist"),
+        ("bench toy --family nope", ["bench", "toy", "--family", "nope"], "argument --family"),
     ]
 
 
