@@ -49,7 +49,8 @@ def _cell(text: str, limit: int = 160) -> str:
 def render(rows: list[dict]) -> str:
     """Markdown: a summary of the kill / concurrency runs, then one table per group of cases."""
     out = []
-    kills = [r for r in rows if r["group"] in ("kill", "concurrency")]
+    # one row per (entry, case): the last recorded (forked kill-test children may flush rows they inherited)
+    kills = list({(r["entry"], r["case"]): r for r in rows if r["group"] in ("kill", "concurrency")}.values())
     if kills:
         out += ["| run | entry point | kills survived | items | lost | duplicated | half-written | identical to an uninterrupted run |",
                 "|---|---|---|---|---|---|---|---|"]
