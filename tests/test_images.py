@@ -179,7 +179,7 @@ def test_training_records_an_fd_curve_and_stops_on_a_plateau(tmp_path, monkeypat
     info = load_checkpoint(train(cfg, progress=False)).info
     assert [p["step"] for p in info["fd_curve"]] == [2] and info["fd_curve"][0]["fd"] > 0
     # a constant FD: the plateau rule stops at the 4th evaluation (step 8 of 40)
-    monkeypatch.setattr(quality, "sample_fd", lambda *args, **kwargs: 100.0)
+    monkeypatch.setattr(quality, "evaluate_samples", lambda *args, **kwargs: {"fd": 100.0})
     monkeypatch.setattr(quality, "test_set_stats", lambda evaluator: None)
     cfg = TrainConfig(out=str(tmp_path / "flat"), steps=40, batch_size=4, widths=(8, 16), attention=False,
                       checkpoint_every=10, eval_every=2, eval_samples=8, eval_steps=2, plateau=0.03)
@@ -189,6 +189,29 @@ def test_training_records_an_fd_curve_and_stops_on_a_plateau(tmp_path, monkeypat
         train(TrainConfig(out=str(tmp_path / "x"), plateau=0.03), progress=False)
     with pytest.raises(ValueError, match="eval_every needs --data fashion-mnist"):
         train(TrainConfig(data="mnist", out=str(tmp_path / "y"), eval_every=5), progress=False)
+
+
+@pytest.mark.skipif(not assets.fashion_mnist_available(), reason="needs the Debian dataset-fashion-mnist package")
+def test_memorising_run_measures_fd_and_copies_against_its_own_images(tmp_path):
+    from safedenoiser.images import quality
+    from safedenoiser.images.card import fd_curve_markdown
+
+    cfg = TrainConfig(out=str(tmp_path / "mem"), steps=2, batch_size=4, widths=(8, 16), attention=False, subset=4,
+                      checkpoint_every=2, eval_every=2, eval_samples=8, eval_steps=2)
+    info = load_checkpoint(train(cfg, progress=False)).info
+    point = info["fd_curve"][0]
+    assert point["fd"] > 0 and 0 <= point["copies"] <= 1 and "| copies |" in fd_curve_markdown(info)
+    # against independent denoisers: one that always predicts memorised image 0 (Heun ends exactly on it, so every
+    # sample is a copy) and one that predicts a blank image (no copies)
+    memorised = assets.memorised_images(info["subset_index"])
+    threshold = assets.memorised_copy_threshold(info["subset_index"])
+    judge = assets.load_judge()
+    reference = FeatureStats.of(judge.features(memorised))
+    copier = quality.evaluate_samples(lambda x, sigma: memorised[0].expand_as(x), judge, reference, 8, 3, False,
+                                      memorised, threshold)
+    blank = quality.evaluate_samples(lambda x, sigma: torch.full_like(x, -1.0), judge, reference, 8, 3, False,
+                                     memorised, threshold)
+    assert copier["copies"] == 1.0 and blank["copies"] == 0.0
 
 
 def test_fd_by_sampler_steps_reuses_the_seeds_at_every_point(monkeypatch):

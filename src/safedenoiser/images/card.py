@@ -60,7 +60,12 @@ def fd_curve_markdown(info: dict[str, Any]) -> str:
     curve = info.get("fd_curve") or []
     if not curve:
         return ""
-    rows = "\n".join(f"| {p['step']} | {p['fd']:.2f} | {p['wall_s'] / 60:.1f} |" for p in curve)
+    copies = "copies" in curve[-1]
+    rows = "\n".join(f"| {p['step']} | {p['fd']:.2f} | " + (f"{p['copies']:.1%} | " if copies else "")
+                     + f"{p['wall_s'] / 60:.1f} |" for p in curve)
     stop = " Stopped on the plateau rule." if info.get("stopped_on_plateau") else ""
-    return (f"\nFD of plain samples against the Fashion-MNIST test set during training (judge features):{stop}\n\n"
-            f"| step | FD | wall min |\n|---|---|---|\n{rows}\n")
+    against = ("the memorised images; copies: share of samples within the copy threshold of one of them" if copies
+               else "the Fashion-MNIST test set")
+    header = "| step | FD | copies | wall min |\n|---|---|---|---|" if copies else "| step | FD | wall min |\n|---|---|---|"
+    return (f"\nFD of plain samples during training (judge features) against {against}:{stop}\n\n"
+            f"{header}\n{rows}\n")

@@ -1,5 +1,6 @@
-"""Sample quality during training: the FD of plain samples against the Fashion-MNIST test set, and the plateau rule
-that stops training when it no longer improves."""
+"""Sample quality during training: the FD of plain samples against the Fashion-MNIST test set (or, for a memorising
+run, against its memorised images, with the share of samples that copy one of them), and the plateau rule that stops
+training when it no longer improves."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 
 from .common import generate
-from .evaluator import Evaluator, FeatureStats, frechet_distance
+from .evaluator import Evaluator, FeatureStats, frechet_distance, nearest_copies
 
 EVAL_SEED = 2_000_000  # evaluation seeds never overlap the benchmarks' (0..) or the banks' (1e6..)
 CLASSES = 10
@@ -22,14 +23,24 @@ def test_set_stats(evaluator: Evaluator) -> FeatureStats:
     return FeatureStats.of(evaluator.features(load_fashion_mnist("test").images))
 
 
-def sample_fd(denoiser: Any, evaluator: Evaluator, reference: FeatureStats, samples: int, steps: int,
-              conditional: bool) -> float:
-    """FD (judge features) of ``samples`` plain samples (Heun, ``steps``) against ``reference``; a conditional model
-    is asked for every class in turn (no guidance)."""
+def evaluate_samples(denoiser: Any, evaluator: Evaluator, reference: FeatureStats, samples: int, steps: int,
+                     conditional: bool, memorised: Tensor | None = None, threshold: float = 0.0) -> dict[str, float]:
+    """{"fd"}: FD (judge features) of ``samples`` plain samples (Heun, ``steps``) against ``reference``; a conditional
+    model is asked for every class in turn (no guidance). With ``memorised`` images also {"copies"}: the share of
+    samples closer than ``threshold`` (pixels) to one of them."""
     seeds = list(range(EVAL_SEED, EVAL_SEED + samples))
     cond = (lambda chunk: {"class_labels": torch.as_tensor(list(chunk)) % CLASSES}) if conditional else None
     images: Tensor = generate(denoiser, seeds, steps, cond=cond, progress=False)
-    return frechet_distance(evaluator.features(images), reference)
+    result = {"fd": frechet_distance(evaluator.features(images), reference)}
+    if memorised is not None:
+        result["copies"] = float(nearest_copies(images, memorised, threshold)[2].double().mean())
+    return result
+
+
+def sample_fd(denoiser: Any, evaluator: Evaluator, reference: FeatureStats, samples: int, steps: int,
+              conditional: bool) -> float:
+    """FD of ``samples`` plain samples against ``reference`` (:func:`evaluate_samples`)."""
+    return evaluate_samples(denoiser, evaluator, reference, samples, steps, conditional)["fd"]
 
 
 def plateaued(curve: Sequence[dict[str, float]], gain: float, fraction: float = 0.2, min_points: int = 4) -> bool:

@@ -143,13 +143,19 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         curve = state.get("fd_curve", [])
     fileio.write_text(out / "config.json", json.dumps(asdict(cfg), indent=2))
     labels_all = data.labels
-    evaluator = reference = None
+    evaluator = reference = memorised = None
+    threshold = 0.0
     if cfg.eval_every:
-        from .assets import load_judge
+        from .assets import load_judge, memorised_copy_threshold
+        from .evaluator import FeatureStats
         from .quality import test_set_stats
 
         evaluator = load_judge()
-        reference = test_set_stats(evaluator)
+        if cfg.subset:  # a memorising run: how close do its samples come to the images it memorises?
+            memorised, threshold = data.images, memorised_copy_threshold(subset_index)
+            reference = FeatureStats.of(evaluator.features(memorised))
+        else:
+            reference = test_set_stats(evaluator)
     start = time.time()
     wall0 = wall
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {out.name}", disable=not progress, mininterval=10)
@@ -170,11 +176,13 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
         done = step >= cfg.steps or (cfg.time_limit_min and time.time() - start > 60 * cfg.time_limit_min)
         stalled = False
         if cfg.eval_every and step % cfg.eval_every == 0:
-            from .quality import plateaued, sample_fd
+            from .quality import evaluate_samples, plateaued
 
-            fd = sample_fd(ema.eval(), evaluator, reference, cfg.eval_samples, cfg.eval_steps, cfg.conditional)
-            curve.append({"step": step, "fd": round(fd, 3), "wall_s": round(wall, 1)})
-            bar.write(f"step {step}: FD {fd:.2f} ({cfg.eval_samples} samples, {cfg.eval_steps} Heun steps)")
+            quality = evaluate_samples(ema.eval(), evaluator, reference, cfg.eval_samples, cfg.eval_steps,
+                                       cfg.conditional, memorised, threshold)
+            curve.append({"step": step, **{k: round(v, 3) for k, v in quality.items()}, "wall_s": round(wall, 1)})
+            copies = f", {quality['copies']:.1%} copies" if "copies" in quality else ""
+            bar.write(f"step {step}: FD {quality['fd']:.2f}{copies} ({cfg.eval_samples} samples, {cfg.eval_steps} Heun steps)")
             stalled = plateaued(curve, cfg.plateau)
             done = done or stalled
         if step % cfg.checkpoint_every == 0 or done:
