@@ -53,13 +53,14 @@ SWEEPS = {
     "calibrated": [1.0, 2.0, 4.0],
     "calibrated-window": [1.0, 2.0],
     "substitution": [1.0, 2.0, 4.0],
+    "substitution-all": [1.0, 2.0, 4.0],  # bank substitution over every step (its window is a knob too)
     "substitution-floor": [1.0, 2.0],
     "default-rule": [1],  # run bank substitution at the knobs select_knobs picks (uncond)
     "spell": [0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3],  # quantiles of the distance from plain samples to the negation set
     "negative": [0.5, 1.0, 2.0],
     "negative-class": [2.0],
 }
-COND_SWEEPS = {**SWEEPS, "conditional": [1.0, 10.0, 0.1], "paper": [1e300], "reference": [1.0], "calibrated": [1.0, 2.0], "calibrated-window": [1.0], "substitution": [1.0, 4.0], "substitution-floor": [],
+COND_SWEEPS = {**SWEEPS, "conditional": [1.0, 10.0, 0.1], "paper": [1e300], "reference": [1.0], "calibrated": [1.0, 2.0], "calibrated-window": [1.0], "substitution": [1.0, 4.0], "substitution-all": [], "substitution-floor": [],
                "spell": [0.05, 0.1], "negative-class": [1.5, 2.0, 3.0]}
 SIZES = {
     "default": Size(samples=256, steps=8, bank=512, negation=500, sweeps=SWEEPS),
@@ -138,7 +139,8 @@ def method_settings(base: Callable[..., Tensor], negation: NegationSet, size: Si
         settings.append(Setting("reference", "scale", scale, lambda scale=scale: CorrectedDenoiser(
             base, make_correction(negation, "reference", scale=scale, log_threshold=ref_threshold, window=window))))
     half = Window.from_step_fractions(sigmas, *HALF_WINDOW)
-    for mode, win in (("calibrated", None), ("calibrated-window", half), ("substitution", half), ("substitution-floor", half)):
+    for mode, win in (("calibrated", None), ("calibrated-window", half), ("substitution", half), ("substitution-all", None),
+                      ("substitution-floor", half)):
         for gain in size.sweeps.get(mode, []):
             settings.append(Setting(mode, "gain", gain, lambda mode=mode, gain=gain, win=win: calibrated(mode, gain, win)))
     for q, radius in zip(size.sweeps["spell"], spell_radii(plain, negation, size.sweeps["spell"])):
