@@ -29,8 +29,12 @@ def write_model_card(checkpoint: str | Path, steps: int = 12, seeds_per_row: int
     grid = save_grid(images, checkpoint.with_suffix(".png"), nrow=seeds_per_row)
     params = sum(p.numel() for p in model.parameters())
     subset = info.get("subset_index") or []
-    limit_note = (f"; stopped by --time-limit, `--steps {info.get('steps')}` without it reproduces the run"
-                  if "--time-limit" in info.get("command", "") else "")
+    if info.get("stopped_on_plateau"):
+        limit_note = "; stopped by the plateau rule (`--plateau`, FD curve below)"
+    elif "--time-limit" in info.get("command", ""):
+        limit_note = f"; stopped by --time-limit, `--steps {info.get('steps')}` without it reproduces the run"
+    else:
+        limit_note = ""
     text = f"""# {checkpoint.stem}
 
 EDM-preconditioned diffusers `UNet2DModel` ({params:,} parameters, block widths
