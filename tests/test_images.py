@@ -168,6 +168,11 @@ def test_plateau_rule_on_hand_made_curves():
     assert not plateaued(curve([50, 40, 30, 30, 29]), 0.03)  # 29 < 0.97 * 30: improving by more than 3%
     assert not plateaued(curve([50, 40, 30]), 0.03)  # too few points
     assert not plateaued(curve([50, 40, 30, 30, 30]), 0.0)  # rule off
+    # a memorising run: the share of samples that copy nothing decides, whatever its FD does
+    copies = [{"step": 100 * (i + 1), "fd": fd, "copies": c} for i, (fd, c) in
+              enumerate([(90, 0.5), (40, 0.8), (30, 0.86), (55, 0.91), (60, 0.93)])]
+    assert not plateaued(copies, 0.03)  # misses fell from 14% to 7% in the last fifth
+    assert plateaued(copies[:3] + [{"step": 400, "fd": 20, "copies": 0.86}, {"step": 500, "fd": 10, "copies": 0.86}], 0.03)
 
 
 @pytest.mark.skipif(not assets.fashion_mnist_available(), reason="needs the Debian dataset-fashion-mnist package")

@@ -63,7 +63,7 @@ SWEEPS = {
 COND_SWEEPS = {**SWEEPS, "conditional": [1.0, 10.0, 0.1], "paper": [1e300], "reference": [1.0], "calibrated": [1.0, 2.0], "calibrated-window": [1.0], "substitution": [1.0, 4.0], "substitution-all": [], "substitution-floor": [],
                "spell": [0.05, 0.1], "negative-class": [1.5, 2.0, 3.0]}
 SIZES = {
-    "default": Size(samples=256, steps=8, bank=512, negation=500, sweeps=SWEEPS),
+    "default": Size(samples=256, steps=12, bank=512, negation=500, sweeps=SWEEPS),  # 12: the knee of the FD-vs-steps curve
     "quick": Size(samples=10, steps=3, bank=32, negation=50, sweeps={k: v[-1:] for k, v in SWEEPS.items()}),
 }
 

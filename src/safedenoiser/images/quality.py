@@ -43,14 +43,21 @@ def sample_fd(denoiser: Any, evaluator: Evaluator, reference: FeatureStats, samp
     return evaluate_samples(denoiser, evaluator, reference, samples, steps, conditional)["fd"]
 
 
+def plateau_score(point: dict[str, float]) -> float:
+    """What training should lower: the FD, or for a memorising run (points with "copies") the share of samples that
+    copy none of its images (its FD against 16 images rises as samples concentrate on them, a poor guide)."""
+    return 1.0 - point["copies"] if "copies" in point else point["fd"]
+
+
 def plateaued(curve: Sequence[dict[str, float]], gain: float, fraction: float = 0.2, min_points: int = 4) -> bool:
-    """True when the best FD measured in the last ``fraction`` of the steps so far is less than ``gain`` (relative)
-    better than the FD at the last evaluation before that stretch. ``curve``: [{"step", "fd"}, ...] in step order."""
+    """True when the best score (:func:`plateau_score`) measured in the last ``fraction`` of the steps so far is less
+    than ``gain`` (relative) better than the score at the last evaluation before that stretch.
+    ``curve``: [{"step", "fd"[, "copies"]}, ...] in step order."""
     if gain <= 0 or len(curve) < min_points:
         return False
     start = (1 - fraction) * curve[-1]["step"]
-    before = [p["fd"] for p in curve if p["step"] <= start]
-    within = [p["fd"] for p in curve if p["step"] > start]
+    before = [plateau_score(p) for p in curve if p["step"] <= start]
+    within = [plateau_score(p) for p in curve if p["step"] > start]
     return bool(before and within) and min(within) > (1 - gain) * before[-1]
 
 
