@@ -124,3 +124,35 @@ def test_classifier_floor_is_the_soft_coverage_rule_and_corrects_committed_unsaf
     out = floor(x0, 1e-3, x0)
     assert torch.equal(out[5:], x0[5:])
     assert bool((out[:5, 0] > 0).all())  # moved to the safe blob (first coordinate +3)
+
+
+def test_fixed_point_cut_is_the_least_fixed_point_above_the_worst_case_cut():
+    """Brute force over every candidate unsafe share k / M: a fixed point is a cut N / (2 (N + k)) that labels exactly
+    k bank samples covered (k >= 1); the iteration from the worst case must stop at the smallest one."""
+    from safedenoiser.methods.calibration import fixed_point_cut
+
+    for seed in range(5):
+        share = torch.rand(200, generator=torch.Generator().manual_seed(seed)) ** 3  # mostly small shares
+        n, m = 150, len(share)
+        fixed = [coverage_cut(n, m, k / m) for k in range(1, m + 1)
+                 if int((share >= coverage_cut(n, m, k / m)).sum()) == k or (k == 1 and not (share >= coverage_cut(n, m, 1 / m)).any())]
+        assert fixed and fixed_point_cut(share, n) == pytest.approx(min(fixed))
+        assert fixed_point_cut(share, n) >= coverage_cut(n, m)
+
+
+def test_fixed_point_cut_labels_an_adjacent_safe_mode_less_often():
+    """10% of the bank from the negated blob, 20% from a safe blob two widths away, the rest far: the worst-case cut
+    counts much of the adjacent blob as covered, the fixed-point cut less, and both catch the negated blob."""
+    gen = torch.Generator().manual_seed(3)
+
+    def blob(n, centre):
+        return torch.randn(n, 8, generator=gen) + torch.tensor([centre] + [0.0] * 7)
+
+    negation = NegationSet(blob(300, 0.0))
+    bank = torch.cat([blob(50, 0.0), blob(100, 2.5), blob(350, 12.0)])
+    worst = Calibration.from_bank(bank, negation)
+    fixed = Calibration.from_bank(bank, negation, cut="fixed-point")
+    assert 0.1 <= fixed.unsafe_share < worst.unsafe_share
+    assert abs(fixed.unsafe_share - 0.1) < abs(worst.unsafe_share - 0.1)
+    with pytest.raises(ValueError, match="cut must be one of"):
+        Calibration.from_bank(bank, negation, cut="median")

@@ -55,6 +55,7 @@ SWEEPS = {
     "substitution": [1.0, 2.0, 4.0],
     "substitution-all": [1.0, 2.0, 4.0],  # bank substitution over every step (its window is a knob too)
     "substitution-floor": [1.0, 2.0],
+    "substitution-fixedcut": [1.0, 2.0],  # every step, bank split by the fixed-point coverage cut (uncond)
     "default-rule": [1],  # run bank substitution at the knobs select_knobs picks (uncond)
     "spell": [0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3],  # quantiles of the distance from plain samples to the negation set
     "negative": [0.5, 1.0, 2.0],
@@ -195,6 +196,10 @@ def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NE
     settings = method_settings(model, negation, size, plain, calibrated, sigmas)[1:]
     rule = default_rule_setting(model, negation, bank, calibration, size.steps, sigmas, progress) if size.sweeps.get("default-rule") else None
     settings += [rule] if rule is not None else []
+    fixed = Calibration.from_bank(bank, negation, cut="fixed-point")
+    for gain in size.sweeps.get("substitution-fixedcut", []):
+        settings.append(Setting("substitution-fixedcut", "gain", gain, lambda gain=gain: CorrectedDenoiser(
+            model, calibrated_correction(negation, fixed, "substitution", gain))))
     cond_path = MODELS["cond"]
     if cond_path.is_file() and size.sweeps["negative"]:
         cond_model = load_checkpoint(cond_path)
@@ -208,7 +213,8 @@ def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NE
                               lambda x: evaluator.classify(x) == label, nfe, plain))
     config = {"model": MODELS["uncond"].name, "negated_class": negated, "negation_size": len(negation),
               "samples": size.samples, "seeds": f"0..{size.samples - 1}", "sampler": f"heun {size.steps} steps (EDM schedule)",
-              "bank": size.bank, "bank_unsafe_share": calibration.unsafe_share, "judge_test_accuracy": evaluator.test_accuracy}
+              "bank": size.bank, "bank_unsafe_share": calibration.unsafe_share,
+              "bank_unsafe_share_fixed_cut": fixed.unsafe_share, "judge_test_accuracy": evaluator.test_accuracy}
     notes = (f"Unconditional Fashion-MNIST model; negation set = {len(negation)} training images of class '{negated}'. "
              f"Unsafe = share of samples the judge classifies as '{negated}'. FD and precision / recall against "
              f"held-out test images of the other nine classes. Calibrated mode's bank: {size.bank} unguided samples "

@@ -14,7 +14,9 @@ Gaussian kernel, so the normaliser cancels exactly:
 A bank sample y is "covered" by the negation set when negation items make up a large enough share of
 its k nearest neighbours in (negation set + rest of the bank). Where p_safe vanishes that share is
 N / (N + M pi_u) >= N / (N + M); where p_unsafe vanishes it is 0; the default cut is half the
-smallest unsafe value, N / (2 (N + M)). Unlike a fixed distance radius this rule compares densities,
+smallest unsafe value, N / (2 (N + M)), which assumes the worst case pi_u = 1. ``cut="fixed-point"`` puts the
+estimated pi_u in its place, N / (2 (N + M pi_u)) with pi_u the share the cut itself labels covered, iterated from
+the worst case to its fixed point: a stricter cut when little of the bank is negated. Unlike a fixed distance radius this rule compares densities,
 so it does not degrade with dimension (in 256-D a radius rule labelled half of a 25%-unsafe bank
 unsafe). A fixed ``radius`` is available for sets where distances are meaningful. Assumptions: the
 model samples p_data well, the negation set samples p_unsafe, and the two are separable at k neighbours. Cost: M unguided samples up front, then one extra kernel pass over
@@ -51,10 +53,27 @@ def negation_share(bank: Tensor, negation: NegationSet, neighbours: int = 20, *,
     return is_negation.gather(1, order).mean(1)
 
 
-def coverage_cut(negation_size: int, bank_size: int) -> float:
-    """Half the smallest share of negation items among the neighbours of a point where p_safe vanishes:
-    N / (2 (N + M)) (see the module docstring)."""
-    return 0.5 * negation_size / (negation_size + bank_size)
+def coverage_cut(negation_size: int, bank_size: int, unsafe_share: float = 1.0) -> float:
+    """Half the share of negation items among the neighbours of a point where p_safe vanishes:
+    N / (2 (N + M pi_u)); pi_u = 1 (the default) gives the smallest such share (see the module docstring)."""
+    return 0.5 * negation_size / (negation_size + bank_size * unsafe_share)
+
+
+COVERAGE_CUTS = ("worst-case", "fixed-point")
+
+
+def fixed_point_cut(share: Tensor, negation_size: int, rounds: int = 50) -> float:
+    """The cut N / (2 (N + M pi_u)) with pi_u = mean(share >= cut), iterated from pi_u = 1; ``share`` (M,) from
+    :func:`negation_share`. The cut rises as pi_u falls and pi_u falls as the cut rises, so the sequence is monotone
+    and stops at the first repeat."""
+    cut = coverage_cut(negation_size, share.shape[0])
+    for _ in range(rounds):
+        unsafe = float((share >= cut).double().mean())
+        new = coverage_cut(negation_size, share.shape[0], max(unsafe, 1.0 / share.shape[0]))
+        if new == cut:
+            break
+        cut = new
+    return cut
 
 
 class Calibration:
@@ -89,15 +108,21 @@ class Calibration:
                 f"unsafe_share={self.unsafe_share:.4f}, radius={self.radius})")
 
     @classmethod
-    def from_bank(cls, bank: Tensor, negation: NegationSet, *, neighbours: int = 20, radius: float | None = None) -> Calibration:
+    def from_bank(cls, bank: Tensor, negation: NegationSet, *, neighbours: int = 20, radius: float | None = None,
+                  cut: str = "worst-case") -> Calibration:
         """Split model samples ``bank`` (M, *item_shape) into covered / not covered by the negation set,
-        by the k-nearest-neighbour share rule (default) or by a fixed distance ``radius``."""
+        by the k-nearest-neighbour share rule (default; ``cut`` "worst-case" or "fixed-point", module docstring)
+        or by a fixed distance ``radius``."""
+        if cut not in COVERAGE_CUTS:
+            raise ValueError(f"cut must be one of {COVERAGE_CUTS}, got {cut!r}")
         negation.check_compatible(bank, "calibration bank")
         flat = bank.reshape(bank.shape[0], -1)
         if radius is not None:
             covered = nearest_distances(flat, negation.flat) <= radius
         else:
-            covered = negation_share(flat, negation, neighbours) >= coverage_cut(len(negation), flat.shape[0])
+            share = negation_share(flat, negation, neighbours)
+            covered = share >= (fixed_point_cut(share, len(negation)) if cut == "fixed-point"
+                                else coverage_cut(len(negation), flat.shape[0]))
         if bool(covered.all()):
             raise ValueError("every bank sample is covered by the negation set: nothing is left to estimate p_safe")
         share = float(covered.double().mean())
