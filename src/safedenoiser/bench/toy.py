@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..methods.calibration import COVERAGE_CUTS
 from ..methods import Calibration, CorrectedDenoiser, NegativeGuidance, SparseRepellency, default_candidates, holdout_size, make_correction, select_knobs
 from ..metrics import median_bandwidths, mmd, unsafe_fraction
 from ..models.mixture import GaussianMixture, make_mixture, make_ring_mixture
@@ -51,6 +52,7 @@ class ToyConfig:
     sigma_min: float = 0.002
     sigma_max: float = 20.0
     family: str = "toy"
+    cut: str = "worst-case"  # the bank's coverage cut (Calibration.from_bank): worst-case or fixed-point
     seed: int = 0
     out: str = "results/toy"
     sweeps: dict[str, list[float]] = field(default_factory=lambda: {
@@ -137,7 +139,7 @@ def build_problem(dim: int, cfg: ToyConfig) -> Problem:
     counter = EvaluationCounter()
     bank = sample(counter.wrap(mixture), list(range(BANK_SEED, BANK_SEED + cfg.bank)), (dim,), sigmas, sampler="heun")
     return Problem(dim, mixture, unsafe, negation, reference, bandwidths, noise_floor, sigmas,
-                   Calibration.from_bank(bank, negation), bank, counter.rows, nearest_distances(bank, negation.flat))
+                   Calibration.from_bank(bank, negation, cut=cfg.cut), bank, counter.rows, nearest_distances(bank, negation.flat))
 
 
 Factory = Callable[[EvaluationCounter], Callable[..., Tensor]]
@@ -198,7 +200,7 @@ def default_rule(problem: Problem, mode: str) -> dict[str, Any]:
                                       make_correction(problem.negation, mode, calibration=calibration, **knobs))
         return sample(corrected, seeds, (problem.dim,), problem.sigmas, sampler="heun")
 
-    choice = select_knobs(draw, problem.bank, problem.negation, default_candidates(mode))
+    choice = select_knobs(draw, problem.bank, problem.negation, default_candidates(mode), cut=problem.calibration.cut)
     return {"knobs": choice.knobs, "meets_target": choice.meets_target, "trials": choice.trials, "evaluations": counter.rows}
 
 
@@ -390,6 +392,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", choices=sorted(FAMILIES), help=f"mixture family (default {defaults.family}): "
                         "toy = 2 of 8 separated modes negated, adjacent = an arc of 2 on a ring of 12 modes 5 spreads "
                         "apart, mostly = 6 of 8 modes negated")
+    parser.add_argument("--cut", choices=COVERAGE_CUTS, help=f"the bank's coverage cut (default {defaults.cut})")
     parser.add_argument("--out", help=f"output folder (default {defaults.out})")
     parser.add_argument("--quick", action="store_true", help=f"CI-sized defaults (explicit flags still win): {QUICK}")
     parser.set_defaults(run=_main)
@@ -397,7 +400,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     settings = dict(QUICK) if args.quick else {}
-    settings.update({k: v for k in ("dims", "samples", "negation", "bank", "steps", "seed", "family", "out")
+    settings.update({k: v for k in ("dims", "samples", "negation", "bank", "steps", "seed", "family", "cut", "out")
                      if (v := getattr(args, k)) is not None})
     if "dims" in settings:
         settings["dims"] = tuple(settings["dims"])

@@ -81,7 +81,7 @@ class Calibration:
     ``bank`` (M, D): the whole bank, kept by :meth:`from_bank` for :meth:`covered_posterior` (the classifier floor)."""
 
     def __init__(self, safe_bank: Tensor, unsafe_share: float, *, radius: float | None = None, bank_size: int | None = None,
-                 bank: Tensor | None = None, neighbours: int = 20):
+                 bank: Tensor | None = None, neighbours: int = 20, cut: str = "worst-case"):
         if safe_bank.ndim != 2 or safe_bank.shape[0] == 0:
             raise ValueError(f"safe_bank must be a non-empty (M, D) tensor, got {tuple(safe_bank.shape)}")
         if not torch.isfinite(safe_bank).all():
@@ -94,6 +94,7 @@ class Calibration:
         if radius is not None and not (math.isfinite(radius) and radius > 0):
             raise ValueError(f"radius must be a finite number > 0, got {radius}")
         self.radius = radius
+        self.cut = cut  # the coverage cut that split the bank (from_bank)
         self.bank_size = bank_size or safe_bank.shape[0]
         if bank is not None and (bank.ndim != 2 or bank.shape[1] != safe_bank.shape[1]):
             raise ValueError(f"bank must be (M, {safe_bank.shape[1]}), got {tuple(bank.shape)}")
@@ -126,7 +127,7 @@ class Calibration:
         if bool(covered.all()):
             raise ValueError("every bank sample is covered by the negation set: nothing is left to estimate p_safe")
         share = float(covered.double().mean())
-        return cls(flat[~covered], share, radius=radius, bank_size=flat.shape[0], bank=flat, neighbours=neighbours)
+        return cls(flat[~covered], share, radius=radius, bank_size=flat.shape[0], bank=flat, neighbours=neighbours, cut=cut)
 
     def covered_posterior(self, x0: Tensor, negation: NegationSet) -> Tensor:
         """A judge-free classifier of clean items x0 (B, D): the share of negation items among their k nearest
@@ -183,7 +184,7 @@ class KnobChoice:
 
 def select_knobs(draw: Callable[[dict[str, Any], Calibration], Tensor], bank: Tensor, negation: NegationSet,
                  candidates: Sequence[dict[str, Any]], *, holdout: float = 0.25, target: float = 0.01,
-                 neighbours: int = 20) -> KnobChoice:
+                 neighbours: int = 20, cut: str = "worst-case") -> KnobChoice:
     """The default rule for the knobs of the calibrated and substitution modes, from the model, the negation set and
     the bank alone (no judge, no test seeds): hold out the last ``holdout`` share of the bank; calibrate on the rest;
     for each candidate (a dict of knobs, e.g. ``{"gain": 2.0}``) draw as many samples as were held out
@@ -201,8 +202,9 @@ def select_knobs(draw: Callable[[dict[str, Any], Calibration], Tensor], bank: Te
     if not candidates:
         raise ValueError("select_knobs: no candidate knobs to try")
     fit, held_out = flat[:-held], flat[-held:]
-    calibration = Calibration.from_bank(bank[:-held], negation, neighbours=neighbours)  # items keep their shape
-    cut = coverage_cut(len(negation), fit.shape[0])
+    calibration = Calibration.from_bank(bank[:-held], negation, neighbours=neighbours, cut=cut)  # items keep their shape
+    cut = (fixed_point_cut(negation_share(fit, negation, neighbours), len(negation)) if cut == "fixed-point"
+           else coverage_cut(len(negation), fit.shape[0]))
     held_safe = held_out[negation_share(fit, negation, neighbours, queries=held_out) < cut]
     if held_safe.shape[0] < 2:
         raise ValueError("select_knobs: the negation set covers nearly every held-out sample; use a larger bank")
