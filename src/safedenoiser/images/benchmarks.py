@@ -58,6 +58,9 @@ SWEEPS = {
     "substitution-fixedcut": [1.0, 2.0],  # every step, bank split by the fixed-point coverage cut (uncond)
     "default-rule": [1],  # run bank substitution at the knobs select_knobs picks (uncond)
     "spell": [0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3],  # quantiles of the distance from plain samples to the negation set
+    # memorisation: also multiples of the copy threshold (copies sit at ~0 distance, so the quantiles above jump
+    # from the copies' distances straight to the other images')
+    "spell_copy_threshold": [0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0],
     "negative": [0.5, 1.0, 2.0],
     "negative-class": [2.0],
 }
@@ -325,6 +328,9 @@ def bench_memorisation(out: Path, size: Size, progress: bool = True, negated_cou
         return CorrectedDenoiser(model, calibrated_correction(negation, calibration, mode, gain, window))
 
     settings = method_settings(model, negation, size, plain, calibrated, sigmas)[1:]
+    settings += [Setting("spell", "radius", round(multiple * threshold, 3), lambda radius=multiple * threshold:
+                         CorrectedDenoiser(model, SparseRepellency(negation, radius=radius)))
+                 for multiple in size.sweeps.get("spell_copy_threshold", [])]
     for setting in tqdm(settings, desc="memorisation settings", disable=not progress):
         rows.append(bench.run(setting))
     nfe = denoiser_evaluations(size.steps)
