@@ -14,10 +14,12 @@ from .benchmarks import Size, bench_memorisation, bench_uncond
 from .common import write_json, write_text
 
 # knobs picked from the benchmark results (README, section "Images"); the demo measures, it does not copy numbers
-DEMO_UNCOND = Size(samples=200, steps=8, bank=256, negation=500,
-                   sweeps={"paper": [], "reference": [], "calibrated": [1.0], "substitution": [1.0], "spell": [0.05], "negative": []})
-DEMO_MEMORISE = Size(samples=100, steps=8, bank=128, negation=4,
-                     sweeps={"paper": [], "reference": [], "calibrated": [1.0], "substitution": [1.0], "spell": [0.05], "negative": []})
+DEMO_UNCOND = Size(samples=200, steps=12, bank=256, negation=500,
+                   sweeps={"paper": [], "reference": [], "calibrated": [2.0], "substitution": [1.0],
+                           "substitution-fixedcut": [1.0], "spell": [0.2], "negative": []})
+DEMO_MEMORISE = Size(samples=100, steps=12, bank=128, negation=4,
+                     sweeps={"paper": [], "reference": [], "calibrated": [4.0], "substitution-all": [1.0], "spell": [],
+                             "spell_copy_threshold": [2.0], "negative": []})
 
 
 def run_demo(out: Path, progress: bool = True, quick: bool = False) -> dict:
@@ -39,7 +41,7 @@ def run_demo(out: Path, progress: bool = True, quick: bool = False) -> dict:
 {table}
 
 Unsafe: share of samples the judge calls a trouser / share of samples copying one of the 4 negated
-memorised images. Grids (same seeds): `uncond/grid_plain.png` vs `uncond/grid_substitution.png`,
-`memorisation/grid_plain.png` vs `memorisation/grid_substitution.png`. Wall time {summary['seconds']:.0f} s.
+memorised images. Grids (same seeds): `uncond/grid_plain.png` vs `uncond/grid_substitution-fixedcut.png`,
+`memorisation/grid_plain.png` vs `memorisation/grid_calibrated.png`. Wall time {summary['seconds']:.0f} s.
 """)
     return {"table": table, **summary}
