@@ -81,7 +81,8 @@ class Calibration:
     ``bank`` (M, D): the whole bank, kept by :meth:`from_bank` for :meth:`covered_posterior` (the classifier floor)."""
 
     def __init__(self, safe_bank: Tensor, unsafe_share: float, *, radius: float | None = None, bank_size: int | None = None,
-                 bank: Tensor | None = None, neighbours: int = 20, cut: str = "worst-case"):
+                 bank: Tensor | None = None, neighbours: int = 20, cut: str = "worst-case",
+                 coverage_threshold: float | None = None):
         if safe_bank.ndim != 2 or safe_bank.shape[0] == 0:
             raise ValueError(f"safe_bank must be a non-empty (M, D) tensor, got {tuple(safe_bank.shape)}")
         if not torch.isfinite(safe_bank).all():
@@ -94,7 +95,8 @@ class Calibration:
         if radius is not None and not (math.isfinite(radius) and radius > 0):
             raise ValueError(f"radius must be a finite number > 0, got {radius}")
         self.radius = radius
-        self.cut = cut  # the coverage cut that split the bank (from_bank)
+        self.cut = cut  # the coverage cut rule that split the bank (from_bank) ...
+        self.coverage_threshold = coverage_threshold  # ... and its value (None for a radius split)
         self.bank_size = bank_size or safe_bank.shape[0]
         if bank is not None and (bank.ndim != 2 or bank.shape[1] != safe_bank.shape[1]):
             raise ValueError(f"bank must be (M, {safe_bank.shape[1]}), got {tuple(bank.shape)}")
@@ -118,16 +120,19 @@ class Calibration:
             raise ValueError(f"cut must be one of {COVERAGE_CUTS}, got {cut!r}")
         negation.check_compatible(bank, "calibration bank")
         flat = bank.reshape(bank.shape[0], -1)
+        threshold = None
         if radius is not None:
             covered = nearest_distances(flat, negation.flat) <= radius
         else:
             share = negation_share(flat, negation, neighbours)
-            covered = share >= (fixed_point_cut(share, len(negation)) if cut == "fixed-point"
-                                else coverage_cut(len(negation), flat.shape[0]))
+            threshold = (fixed_point_cut(share, len(negation)) if cut == "fixed-point"
+                         else coverage_cut(len(negation), flat.shape[0]))
+            covered = share >= threshold
         if bool(covered.all()):
             raise ValueError("every bank sample is covered by the negation set: nothing is left to estimate p_safe")
         share = float(covered.double().mean())
-        return cls(flat[~covered], share, radius=radius, bank_size=flat.shape[0], bank=flat, neighbours=neighbours, cut=cut)
+        return cls(flat[~covered], share, radius=radius, bank_size=flat.shape[0], bank=flat, neighbours=neighbours, cut=cut,
+                   coverage_threshold=threshold)
 
     def covered_posterior(self, x0: Tensor, negation: NegationSet) -> Tensor:
         """A judge-free classifier of clean items x0 (B, D): the share of negation items among their k nearest
@@ -203,8 +208,7 @@ def select_knobs(draw: Callable[[dict[str, Any], Calibration], Tensor], bank: Te
         raise ValueError("select_knobs: no candidate knobs to try")
     fit, held_out = flat[:-held], flat[-held:]
     calibration = Calibration.from_bank(bank[:-held], negation, neighbours=neighbours, cut=cut)  # items keep their shape
-    cut = (fixed_point_cut(negation_share(fit, negation, neighbours), len(negation)) if cut == "fixed-point"
-           else coverage_cut(len(negation), fit.shape[0]))
+    cut = calibration.coverage_threshold  # the rule that split the fit part judges the held-out and trial samples
     held_safe = held_out[negation_share(fit, negation, neighbours, queries=held_out) < cut]
     if held_safe.shape[0] < 2:
         raise ValueError("select_knobs: the negation set covers nearly every held-out sample; use a larger bank")
