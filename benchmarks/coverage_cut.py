@@ -21,15 +21,12 @@ from pathlib import Path
 import torch
 
 from safedenoiser import fileio
-from safedenoiser.images.assets import MODELS, NEGATED_CLASS, class_negation_images, class_reference, load_judge
-from safedenoiser.images.benchmarks import BANK_SEED, HALF_WINDOW, SIZES
+from safedenoiser.images.assets import NEGATED_CLASS
+from safedenoiser.images.benchmarks import BANK_SEED, HALF_WINDOW, SIZES, class_benchmark_setup, class_measure
 from safedenoiser.images.common import edm_sigmas, generate
 from safedenoiser.images.data import FASHION_CLASSES
-from safedenoiser.images.evaluator import frechet_distance
-from safedenoiser.images.network import load_checkpoint
 from safedenoiser.methods import Calibration, CorrectedDenoiser, Window, make_correction
 from safedenoiser.methods.calibration import coverage_cut, fixed_point_cut, negation_share
-from safedenoiser.negation import NegationSet
 
 
 def main(argv=None) -> dict:
@@ -39,12 +36,12 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     size = SIZES["default"]
-    judge, model = load_judge(), load_checkpoint(MODELS["uncond"])
-    negation = NegationSet(class_negation_images(NEGATED_CLASS, size.negation), space="pixels")
-    reference = class_reference(judge, NEGATED_CLASS)
-    bank = generate(model, list(range(BANK_SEED, BANK_SEED + size.bank)), size.steps, desc="bank").flatten(1)
-    labels = judge.judge.head(judge.features(bank.reshape(-1, 1, 28, 28)).float()).argmax(1)
-    negated = labels == FASHION_CLASSES.index(NEGATED_CLASS)
+    judge, model, label, negation, reference = class_benchmark_setup("uncond", "the unconditional Fashion-MNIST model",
+                                                                     NEGATED_CLASS, size)
+    measure = class_measure(judge, label, reference)
+    bank_images = generate(model, list(range(BANK_SEED, BANK_SEED + size.bank)), size.steps, desc="bank")
+    bank, labels = bank_images.flatten(1), judge.classify(bank_images)
+    negated = labels == label
     sigmas = edm_sigmas(size.steps)
     windows = {"first half": Window.from_step_fractions(sigmas, *HALF_WINDOW), "every step": None}
     seeds = list(range(size.samples))
@@ -59,15 +56,14 @@ def main(argv=None) -> dict:
         calibration = Calibration(bank[~covered], float(covered.double().mean()), bank=bank, bank_size=len(bank),
                                   neighbours=k)
         others = {FASHION_CLASSES[c]: int(((labels == c) & covered).sum()) for c in range(10)
-                  if c != FASHION_CLASSES.index(NEGATED_CLASS) and int(((labels == c) & covered).sum())}
+                  if c != label and int(((labels == c) & covered).sum())}
         row = {"rule": name, "cut": round(cut, 3), "covered": float(covered.double().mean()),
                "negated_caught": f"{int((covered & negated).sum())}/{int(negated.sum())}", "others_covered": others}
-        for label, window in windows.items():
+        for where, window in windows.items():
             den = CorrectedDenoiser(model, make_correction(negation, "substitution", calibration=calibration, gain=1.0,
                                                            window=window))
-            feats = judge.features(generate(den, seeds, size.steps, desc=f"{name}, {label}"))
-            rate = float((judge.judge.head(feats.float()).argmax(1) == FASHION_CLASSES.index(NEGATED_CLASS)).double().mean())
-            row[label] = {"unsafe": rate, "fd": frechet_distance(feats, reference.stats)}
+            result = measure(generate(den, seeds, size.steps, desc=f"{name}, {where}"), seeds)
+            row[where] = {"unsafe": result.unsafe, "fd": result.fd}
         rows.append(row)
     result = {"samples": size.samples, "steps": size.steps, "bank": size.bank, "negation": size.negation,
               "bank_negated_by_judge": float(negated.double().mean()), "rows": rows}

@@ -129,6 +129,11 @@ def spell_radii(plain: Tensor, negation: NegationSet, quantiles: Sequence[float]
     return [float(torch.quantile(dist, q)) for q in quantiles]
 
 
+def spell_setting(base: Callable[..., Tensor], negation: NegationSet, radius: float) -> Setting:
+    """SPELL (sparse repellency) at ``radius``, as one benchmark setting."""
+    return Setting("spell", "radius", round(radius, 3), lambda: CorrectedDenoiser(base, SparseRepellency(negation, radius=radius)))
+
+
 def method_settings(base: Callable[..., Tensor], negation: NegationSet, size: Size, plain: Tensor,
                     calibrated: Callable[[str, float], Callable[..., Tensor]], sigmas: Tensor) -> list[Setting]:
     """The sweeps shared by every benchmark: paper, reference code, calibrated, bank substitution, SPELL.
@@ -147,13 +152,11 @@ def method_settings(base: Callable[..., Tensor], negation: NegationSet, size: Si
                       ("substitution-floor", half)):
         for gain in size.sweeps.get(mode, []):
             settings.append(Setting(mode, "gain", gain, lambda mode=mode, gain=gain, win=win: calibrated(mode, gain, win)))
-    for q, radius in zip(size.sweeps["spell"], spell_radii(plain, negation, size.sweeps["spell"])):
-        settings.append(Setting("spell", "radius", round(radius, 3), lambda radius=radius: CorrectedDenoiser(
-            base, SparseRepellency(negation, radius=radius))))
+    settings += [spell_setting(base, negation, radius) for radius in spell_radii(plain, negation, size.sweeps["spell"])]
     return settings
 
 
-def _class_measure(evaluator: Evaluator, unsafe_label: int, reference,
+def class_measure(evaluator: Evaluator, unsafe_label: int, reference,
                    requested: Callable[[Sequence[int]], Tensor] | None = None):
     def measure(images: Tensor, seeds: Sequence[int]):
         feats = evaluator.features(images)
@@ -171,7 +174,7 @@ def _class_measure(evaluator: Evaluator, unsafe_label: int, reference,
 
 
 # -- the three benchmarks ------------------------------------------------------------------------------------
-def _class_benchmark_setup(model_key: str, model_name: str, negated: str, size: Size):
+def class_benchmark_setup(model_key: str, model_name: str, negated: str, size: Size):
     """What both class-negation benchmarks start from: the judge, the model, the negated class's index, its
     training images as the negation set, and the held-out reference images of the other classes."""
     evaluator = load_judge()
@@ -183,11 +186,11 @@ def _class_benchmark_setup(model_key: str, model_name: str, negated: str, size: 
 
 
 def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NEGATED_CLASS) -> dict[str, Any]:
-    evaluator, model, label, negation, reference = _class_benchmark_setup("uncond", "the unconditional Fashion-MNIST model",
+    evaluator, model, label, negation, reference = class_benchmark_setup("uncond", "the unconditional Fashion-MNIST model",
                                                                           negated, size)
     sigmas = edm_sigmas(size.steps)
     seeds = list(range(size.samples))
-    bench = Benchmark("uncond", seeds, size.steps, _class_measure(evaluator, label, reference), progress=progress)
+    bench = Benchmark("uncond", seeds, size.steps, class_measure(evaluator, label, reference), progress=progress)
     rows = [bench.run(Setting("plain", "-", None, lambda: model))]
     plain = bench.samples["plain:None"]
     bank = generate(model, list(range(BANK_SEED, BANK_SEED + size.bank)), size.steps, desc="calibration bank", progress=progress)
@@ -229,7 +232,7 @@ def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NE
 def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGATED_CLASS, guidance: float = 2.0) -> dict[str, Any]:
     if size.sweeps is SWEEPS:
         size = Size(size.samples, size.steps, size.bank, size.negation, COND_SWEEPS)
-    evaluator, model, label, negation, reference = _class_benchmark_setup("cond", "the class-conditional Fashion-MNIST model",
+    evaluator, model, label, negation, reference = class_benchmark_setup("cond", "the class-conditional Fashion-MNIST model",
                                                                           negated, size)
     sigmas = edm_sigmas(size.steps)
     classes = model.num_classes
@@ -239,7 +242,7 @@ def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGA
         return {"class_labels": torch.as_tensor(list(chunk)) % classes}
 
     base = ClassifierFreeGuidance(model, guidance)
-    bench = Benchmark("cond", seeds, size.steps, _class_measure(evaluator, label, reference,
+    bench = Benchmark("cond", seeds, size.steps, class_measure(evaluator, label, reference,
                                                                 lambda s: torch.as_tensor(list(s)) % classes), cond=cond, progress=progress)
     rows = [bench.run(Setting("plain", "-", None, lambda: base, cost=2.0))]
     plain = bench.samples["plain:None"]
@@ -328,9 +331,7 @@ def bench_memorisation(out: Path, size: Size, progress: bool = True, negated_cou
         return CorrectedDenoiser(model, calibrated_correction(negation, calibration, mode, gain, window))
 
     settings = method_settings(model, negation, size, plain, calibrated, sigmas)[1:]
-    settings += [Setting("spell", "radius", round(multiple * threshold, 3), lambda radius=multiple * threshold:
-                         CorrectedDenoiser(model, SparseRepellency(negation, radius=radius)))
-                 for multiple in size.sweeps.get("spell_copy_threshold", [])]
+    settings += [spell_setting(model, negation, multiple * threshold) for multiple in size.sweeps.get("spell_copy_threshold", [])]
     for setting in tqdm(settings, desc="memorisation settings", disable=not progress):
         rows.append(bench.run(setting))
     nfe = denoiser_evaluations(size.steps)
