@@ -246,6 +246,7 @@ def _cli_cases(f: Path, m: Path, tmp: Path):
         ("train --eval-every 5 --data mnist", ["train", "--out", str(tmp / "q"), "--data", "mnist", "--eval-every", "5"],
          "eval_every needs --data fashion-mnist"),
         ("bench toy --family nope", ["bench", "toy", "--family", "nope"], "argument --family"),
+        ("bench toy --cut median", ["bench", "toy", "--cut", "median"], "argument --cut"),
     ]
 
 
