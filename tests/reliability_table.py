@@ -3,7 +3,8 @@
 
     python tests/reliability_table.py path README.md
 
-renders it as markdown between the ``<!-- reliability-table -->`` markers of the document.
+renders it as markdown between the ``<!-- reliability-table -->`` markers of the document. The input surfaces'
+tests (tests/test_reliability_inputs*.py, group ``inputs``) render the same way into docs/reliability-inputs.md.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ ROWS: list[dict] = []
 
 
 def record(group: str, entry: str, case: str, outcome: str, **extra) -> None:
-    """One row: ``group`` (fuzz, cli, kill, concurrency, security ...), the ``entry`` point, the ``case`` tried
+    """One row: ``group`` (fuzz, cli, kill, concurrency, security, inputs ...), the ``entry`` point, the ``case`` tried
     and the ``outcome`` (the one-line error, or what held)."""
     ROWS.append({"group": group, "entry": entry, "case": case, "outcome": _portable(" ".join(str(outcome).split())), **extra})
 

@@ -153,7 +153,9 @@ def test_guided_requests_in_two_dimensions():
     content, with the default and with the first version (x0 classifier, both branches), whose explicit requests land
     on the allowed components nearest to the request."""
     model, negation, reference = conditional_mixture(2)
-    for knobs, where, near in [({}, "auto", 0.25), ({"estimator": "x0"}, "branches", 0.7)]:
+    # default: flagged requests lose CFG's text direction, so they spread over the allowed content (2 of 7 allowed
+    # components are the neighbours: 0.29 expected); the first version lands on the neighbours
+    for knobs, where, near in [({}, "auto", 0.2), ({"estimator": "x0"}, "branches", 0.7)]:
         correction = make_correction(negation, "conditional", reference=reference, **knobs)
         safe = SafeClassifierFreeGuidance(model, correction, 2.0, where=where)
         explicit, partly = sample_class(safe, 2, EXPLICIT), sample_class(safe, 2, PARTLY)

@@ -31,7 +31,8 @@ KNOBS = {"mode": "conditional", "gain": 1e6, "sigma_data": 5.0}  # r well inside
 
 @pytest.mark.parametrize("guidance", [1.0, 4.0])
 def test_scheduler_uses_the_corrected_guided_x0(sd, sets, guidance):
-    """With CFG the scheduler's x0 is correction(guided x0), not the guidance of corrected branches."""
+    """With CFG the scheduler's x0 is correction.guided(x0_u, x0_c, w) (the guided x0 corrected once), not the guidance
+    of corrected branches."""
     negation, reference = sets
     pipe = with_scheduler(sd, "DDIMScheduler", prediction_type="epsilon")
     raw, checked = [], []
@@ -44,7 +45,11 @@ def test_scheduler_uses_the_corrected_guided_x0(sd, sets, guidance):
         plain = branches if guidance == 1.0 else branches[:1] + guidance * (branches[1:] - branches[:1])
         x0, x, sigma = expected_x0("ddim", sched, timestep, sample, plain)
         used, _, _ = expected_x0("ddim", sched, timestep, sample, model_output)
-        checked.append((used, correction(x, sigma, x0), x0))
+        if guidance == 1.0:
+            checked.append((used, correction(x, sigma, x0), x0))
+        else:  # the guided x0 corrected once, its text direction reduced for flagged requests (issue 19)
+            x0_u, x0_c = (expected_x0("ddim", sched, timestep, sample, b)[0] for b in (branches[:1], branches[1:]))
+            checked.append((used, correction.guided(x, sigma, x0_u, x0_c, guidance), x0))
         return type(sched).step(sched, model_output, timestep, sample, *args, **kwargs)
 
     sched.step = step

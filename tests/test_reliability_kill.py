@@ -122,7 +122,7 @@ def _prompts(tmp_path: Path, count: int = 6) -> Path:
 
 def _generate_argv(model_dir: Path, prompts: Path, neg: Path, out: Path) -> list[str]:
     return ["generate", "--model", str(model_dir), "--prompts", str(prompts), "--out", str(out), "--negation", str(neg),
-            "--steps", "2", "--height", str(IMAGE_SIZE), "--width", str(IMAGE_SIZE), "--batch-size", "2", "--eta", "0.5"]
+            "--steps", "2", "--height", str(IMAGE_SIZE), "--width", str(IMAGE_SIZE), "--batch-size", "2", "--mode", "paper", "--eta", "0.5"]
 
 
 def _check_generate(out: Path, reference: Path, count: int) -> dict[str, object]:

@@ -76,7 +76,7 @@ def test_defaults_shown_in_subcommand_help():
     helps = {argv[0]: _help(argv) for argv in (["train"], ["demo"], ["generate"])}
     assert "default: 3000" in helps["train"] and "default: 0" in helps["train"]  # --steps, --seed (0 is shown)
     assert "default: runs/demo" in helps["demo"]
-    assert "(default: paper)" in helps["generate"]
+    assert "default: 50" in helps["generate"] and "default with --negation: conditional" in helps["generate"]
 
 
 def _help(argv: list[str]) -> str:

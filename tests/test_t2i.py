@@ -206,8 +206,14 @@ def test_bench_t2i_quick_writes_the_report(tmp_path):
     assert methods[0] == "plain" and methods[-1] == "rejection" and "conditional" in methods
     for row in result["rows"]:
         assert 0 <= row["asr_explicit"] <= 1 and 0 <= row["fidelity"] <= 1 and row["fd"] > 0
+        assert 0 <= row["broken"] <= 1 and set(row["held_out"]) >= {"asr_explicit", "asr_evasive", "fidelity", "fd", "broken"}
+        assert 0 <= row["extra"]["partial_kept"] <= 1 and row["extra"]["fd_explicit"] > 0
+    assert [r["method"] for r in result["multi"]][0] == "plain" and "asr_bag" in result["multi"][0]["extra"]
+    assert result["config"]["conditional_overhead_one_process"]["ratio"] > 0
     for name in ("results.md", "results.json", "tradeoff.png", "grid_plain.png"):
         assert (tmp_path / name).is_file()
+    assert not (tmp_path / "partial.json").exists()
+    assert "held-out: ASR explicit" in (tmp_path / "results.md").read_text()
 
 
 @pytest.mark.parametrize("argv, flag", [

@@ -115,3 +115,53 @@ def given_config_values(args: argparse.Namespace, flags: dict[str, Any]) -> dict
     """The config fields the user gave on the command line (lists as tuples): what overrides defaults and presets."""
     values = {name: getattr(args, name) for name in flags}
     return {name: tuple(v) if isinstance(v, list) else v for name, v in values.items() if v is not None}
+
+
+def idle_cores() -> int:
+    """Cores this process may use that are not already busy: usable cores (``sched_getaffinity``) minus the
+    1-minute load average, rounded down, at least 1. On a busy machine extra torch threads only spin and wait for
+    each other (on 2 shared, busy cores ``generate`` took 22x longer with 2 threads than with 1, docs/generate.md)."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return max(1, min(cores, int(cores - load)))
+
+
+def add_threads_option(parser: argparse.ArgumentParser) -> None:
+    """``--threads N`` (torch intra-op threads) for a command that computes; ``safedenoiser.cli.main`` applies it
+    (:func:`apply_threads`) before the command runs. Default: ``SAFEDENOISER_THREADS``, else :func:`idle_cores`."""
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch CPU threads (default: $SAFEDENOISER_THREADS, else the cores not busy now: "
+                             "usable cores minus the load average, at least 1)")
+
+
+def resolve_threads(value: int | None) -> int:
+    """``value``, else ``$SAFEDENOISER_THREADS``, else :func:`idle_cores`."""
+    import os
+
+    if value is not None:
+        return value
+    env = os.environ.get("SAFEDENOISER_THREADS")
+    if env:
+        try:
+            return positive_int(env)
+        except argparse.ArgumentTypeError as err:
+            raise ValueError(f"SAFEDENOISER_THREADS: {err}") from None
+    return idle_cores()
+
+
+def apply_threads(args: argparse.Namespace) -> int | None:
+    """Set torch's thread count from ``args.threads`` (added by :func:`add_threads_option`); the number set, or None
+    when the command has no ``--threads``."""
+    if not hasattr(args, "threads"):
+        return None
+    import torch
+
+    threads = resolve_threads(args.threads)
+    args.threads = threads
+    torch.set_num_threads(threads)
+    return threads

@@ -13,13 +13,17 @@ import os
 import sys
 from typing import Any, NoReturn
 
+from .argtypes import apply_threads
+
 COMMAND_MODULES = [
     "safedenoiser.bench.toy",
     "safedenoiser.bench.kernel",
     "safedenoiser.pipelines.commands",
+    "safedenoiser.pipelines.generate_command",
     "safedenoiser.images.commands",
     "safedenoiser.images.benchmarks",
     "safedenoiser.t2i.commands",
+    "safedenoiser.latent.commands",
     "safedenoiser.web.commands",
 ]
 
@@ -113,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv  # what was typed, for the records of the run (model cards, training.json)
     command = " ".join(part for part in (args.command, getattr(args, "negation_command", None)) if part)
     try:
+        apply_threads(args)  # every command with --threads (argtypes.add_threads_option): one rule for the default
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
         if args.debug:

@@ -153,9 +153,11 @@ def read_safetensors(path: str | Path, fmt: str | None = None, *, what: str = "f
 
 
 def remove_stale_temps(folder: str | Path, name: str | None = None) -> int:
-    """Remove this host's temporary files in ``folder`` whose writing process is gone (left by a kill);
-    returns how many; with ``name``, only the temporaries of that file. Other hosts' temporaries are left alone (their
-    process cannot be checked from here)."""
+    """Remove this host's temporary files and folders (:func:`atomic_folder`'s) in ``folder`` whose writing process
+    is gone (left by a kill); returns how many; with ``name``, only the temporaries of that file. Other hosts'
+    temporaries are left alone (their process cannot be checked from here)."""
+    import shutil
+
     folder = Path(folder)
     host = _host()
     removed = 0
@@ -169,7 +171,10 @@ def remove_stale_temps(folder: str | Path, name: str | None = None) -> int:
             continue
         if pid != os.getpid() and not _alive(pid):
             with contextlib.suppress(OSError):
-                tmp.unlink()
+                if tmp.is_dir() and not tmp.is_symlink():
+                    shutil.rmtree(tmp)
+                else:
+                    tmp.unlink()
                 removed += 1
     return removed
 

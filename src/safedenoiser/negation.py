@@ -31,22 +31,26 @@ class NegationSet:
     float32) is what the kernels accumulate in; ``chunk_size`` is the default rows per kernel step.
     ``data`` may be a memory-mapped tensor (:meth:`open`, :meth:`load` with ``mmap=True``); ``validate=False``
     skips the pass over all items that checks they are finite.
+
+    ``kind`` names the set in every message (subclasses such as the conditional mode's reference set set their own).
     """
+
+    kind = "negation set"
 
     def __init__(self, data: Tensor, *, space: str = "data", source: str = "", metadata: dict[str, Any] | None = None,
                  compute_dtype: torch.dtype | None = None, chunk_size: int | None = None, validate: bool = True):
         if not isinstance(data, Tensor):
-            raise NegationSetError(f"negation data must be a torch.Tensor, got {type(data).__name__}")
+            raise NegationSetError(f"{self.kind} data must be a torch.Tensor, got {type(data).__name__}")
         if data.ndim < 2:
-            raise NegationSetError(f"negation data must have shape (N, *item_shape), got {tuple(data.shape)}")
+            raise NegationSetError(f"{self.kind} data must have shape (N, *item_shape), got {tuple(data.shape)}")
         if data.shape[0] == 0:
-            raise NegationSetError("negation set is empty: it needs at least one item")
+            raise NegationSetError(f"{self.kind} is empty: it needs at least one item")
         if data[0].numel() == 0:
-            raise NegationSetError(f"negation items are empty: shape {tuple(data.shape)} has a zero-sized item dimension")
+            raise NegationSetError(f"{self.kind} items are empty: shape {tuple(data.shape)} has a zero-sized item dimension")
         if not data.is_floating_point():
-            raise NegationSetError(f"negation data must be floating point, got {data.dtype}")
+            raise NegationSetError(f"{self.kind} data must be floating point, got {data.dtype}")
         if validate and not _all_finite(data):
-            raise NegationSetError("negation set contains NaN or infinite values")
+            raise NegationSetError(f"{self.kind} contains NaN or infinite values")
         if compute_dtype not in (None, torch.float32, torch.float64):
             raise NegationSetError(f"compute_dtype must be torch.float32, torch.float64 or None, got {compute_dtype}")
         if chunk_size is not None and chunk_size < 1:
@@ -115,17 +119,20 @@ class NegationSet:
             raise NegationSetError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
         if tuple(x.shape[1:]) != self.item_shape:
             raise NegationSetError(
-                f"{name} have item shape {tuple(x.shape[1:])} but the negation set ({self.space}) has item shape {self.item_shape}"
+                f"{name} have item shape {tuple(x.shape[1:])} but the {self.kind} ({self.space}) has item shape {self.item_shape}"
             )
         if not x.is_floating_point():
             raise NegationSetError(f"{name} must be floating point, got {x.dtype}")
         if x.device != self.device:
-            raise NegationSetError(f"{name} are on {x.device} but the negation set is on {self.device}; use NegationSet.to()")
+            raise NegationSetError(f"{name} are on {x.device} but the {self.kind} is on {self.device}; use {type(self).__name__}.to()")
 
     def moments(self, x: Tensor, bandwidth: Tensor | float, **kwargs: Any) -> KernelMoments:
         """Kernel moments of this set at flattened queries ``x`` (B, D); see :func:`kernel_moments`.
 
         ``dtype`` and ``chunk_size`` default to this set's ``compute_dtype`` and ``chunk_size``."""
+        if x.device != self.device:
+            raise NegationSetError(f"queries are on {x.device} but the {self.kind} is on {self.device}; move it with "
+                                   f".to({str(x.device)!r})")
         if kwargs.get("dtype") is None:
             kwargs["dtype"] = self.compute_dtype or compute_dtype(x.dtype, self.dtype)
         if kwargs.get("chunk_size") is None:
@@ -147,19 +154,19 @@ class NegationSet:
         path = Path(path)
         if mmap:
             if torch.device(device).type != "cpu":
-                raise NegationSetError(f"a memory-mapped negation set lives on the CPU, not {device}; stream it to the "
+                raise NegationSetError(f"a memory-mapped {cls.kind} lives on the CPU, not {device}; stream it to the "
                                        "accelerator through the kernels or load it without mmap")
             return cls.open(path, verify=verify, **options)
-        tensors, header = fileio.read_safetensors(path, what="negation set", error=NegationSetError, device=str(device),
+        tensors, header = fileio.read_safetensors(path, what=cls.kind, error=NegationSetError, device=str(device),
                                                   keys=["data"])
         if "data" not in tensors:
-            raise NegationSetError(f"{path} has no 'data' tensor; is it a negation set file?")
+            raise NegationSetError(f"{path} has no 'data' tensor; is it a {cls.kind} file?")
         return cls._from_header(path, tensors["data"], header, verify, {"validate": True, **options})
 
     @classmethod
     def _from_header(cls, path: Path, data: Tensor, header: dict[str, str], verify: bool, options: dict[str, Any]) -> NegationSet:
         if header.get("format") != FORMAT:
-            raise NegationSetError(f"{path} is a safetensors file but not a safedenoiser negation set")
+            raise NegationSetError(f"{path} is a safetensors file but not a safedenoiser {cls.kind}")
         loaded = cls(data, space=header.get("space", "data"), source=header.get("source", ""),
                      metadata=json.loads(header.get("metadata", "{}")), **{"validate": verify, **options})
         if verify and header.get("content_hash") not in (None, loaded.content_hash):

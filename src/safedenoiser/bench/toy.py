@@ -22,6 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..methods.calibration import COVERAGE_CUTS
+from ..methods.ratio import RatioFit
 from ..methods import Calibration, CorrectedDenoiser, NegativeGuidance, SparseRepellency, default_candidates, holdout_size, make_correction, select_knobs
 from ..metrics import median_bandwidths, mmd, unsafe_fraction
 from ..models.mixture import GaussianMixture, make_mixture, make_ring_mixture
@@ -53,6 +54,7 @@ class ToyConfig:
     sigma_max: float = 20.0
     family: str = "toy"
     cut: str = "worst-case"  # the bank's coverage cut (Calibration.from_bank): worst-case or fixed-point
+    ratio: bool = False  # also run the fitted-ratio estimator of beta* (methods/ratio.py): its sweeps and default rule
     seed: int = 0
     out: str = "results/toy"
     sweeps: dict[str, list[float]] = field(default_factory=lambda: {
@@ -60,6 +62,8 @@ class ToyConfig:
         "calibrated": [0.5, 1.0, 2.0, 3.0, 4.0, 8.0],
         "substitution": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
         "substitution_floor": [0.125, 0.25, 0.5, 1.0, 2.0, 4.0],
+        "substitution_ratio": [1.0, 2.0, 4.0],
+        "calibrated_ratio": [1.0],
         "reference": [0.05, 0.1, 0.2, 0.5, 1.0, 2.0],
         "reference_bandwidth": [0.5, 1.0, 2.0],
         "spell": [0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5],
@@ -113,6 +117,7 @@ class Problem:
     bank: Tensor  # (M, D) unguided samples
     bank_evaluations: int
     bank_distances: Tensor  # (M,) distance from each unguided bank sample to its nearest negation item
+    ratio: Calibration | None = None  # the fitted-ratio calibration (cfg.ratio)
 
     def distance_quantile(self, q: float) -> float:
         return float(torch.quantile(self.bank_distances.double(), q))
@@ -138,8 +143,15 @@ def build_problem(dim: int, cfg: ToyConfig) -> Problem:
     sigmas = karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max)
     counter = EvaluationCounter()
     bank = sample(counter.wrap(mixture), list(range(BANK_SEED, BANK_SEED + cfg.bank)), (dim,), sigmas, sampler="heun")
+    ratio = Calibration.from_bank(bank, negation, estimator="ratio", ratio=ratio_fit(cfg)) if cfg.ratio else None
     return Problem(dim, mixture, unsafe, negation, reference, bandwidths, noise_floor, sigmas,
-                   Calibration.from_bank(bank, negation, cut=cfg.cut), bank, counter.rows, nearest_distances(bank, negation.flat))
+                   Calibration.from_bank(bank, negation, cut=cfg.cut), bank, counter.rows, nearest_distances(bank, negation.flat),
+                   ratio)
+
+
+def ratio_fit(cfg: ToyConfig) -> RatioFit:
+    """The classifier settings of the fitted-ratio rows: trained over the benchmark's sigma range (floor: RatioFit's)."""
+    return RatioFit(sigma_max=cfg.sigma_max, seed=cfg.seed)
 
 
 Factory = Callable[[EvaluationCounter], Callable[..., Tensor]]
@@ -167,10 +179,15 @@ def method_runs(problem: Problem, cfg: ToyConfig, rules: dict[str, dict[str, Any
     runs += [("substitution (floor)", "gain", gain, corrected(lambda gain=gain: make_correction(
         neg, "substitution", calibration=problem.calibration, gain=gain, floor="share")))
         for gain in cfg.sweeps["substitution_floor"]]
-    for mode, knobs in (rules or {}).items():
+    if problem.ratio is not None:
+        for mode in ("substitution", "calibrated"):
+            runs += [(f"{mode} (ratio)", "gain", gain, corrected(lambda mode=mode, gain=gain: make_correction(
+                neg, mode, calibration=problem.ratio, gain=gain))) for gain in cfg.sweeps[f"{mode}_ratio"]]
+    for rule, knobs in (rules or {}).items():
         label = "gain" + ("+floor" if knobs.get("floor") else "")
-        runs.append((f"{mode} (default rule)", label, knobs["gain"], corrected(lambda mode=mode, k=knobs: make_correction(
-            neg, mode, calibration=problem.calibration, **k))))
+        mode, calibration = rule_mode(rule), problem.ratio if rule.endswith("(ratio)") else problem.calibration
+        runs.append((rule_method(rule), label, knobs["gain"], corrected(lambda mode=mode, k=knobs, c=calibration: make_correction(
+            neg, mode, calibration=c, **k))))
     for factor in cfg.sweeps["reference_bandwidth"]:
         # exp(-d / (2 s^2)) falls to 1/e at d = factor^2 * (median distance of a model sample to the negation set)
         bandwidth = factor * math.sqrt(problem.distance_quantile(0.5) / 2)
@@ -189,9 +206,22 @@ def method_runs(problem: Problem, cfg: ToyConfig, rules: dict[str, dict[str, Any
     return runs
 
 
-def default_rule(problem: Problem, mode: str) -> dict[str, Any]:
-    """The knobs the default rule (:func:`select_knobs`) picks for ``mode`` from the model, the negation set and the
-    bank alone, with its trials and the denoiser evaluations they cost (trial samples have their own seeds)."""
+def rule_mode(rule: str) -> str:
+    """The mode of a default-rule key: ``substitution`` or ``calibrated``, with `` (ratio)`` for the fitted ratio."""
+    return rule.split(" (")[0]
+
+
+def rule_method(rule: str) -> str:
+    """The method name of a default-rule row: ``substitution (default rule)``, ``substitution (ratio, default rule)``."""
+    return f"{rule[:-1]}, default rule)" if rule.endswith(")") else f"{rule} (default rule)"
+
+
+def default_rule(problem: Problem, mode: str, cfg: ToyConfig | None = None) -> dict[str, Any]:
+    """The knobs the default rule (:func:`select_knobs`) picks for ``mode`` (``substitution (ratio)`` etc.: judged and
+    calibrated with the fitted ratio) from the model, the negation set and the bank alone, with its trials and the
+    denoiser evaluations they cost (trial samples have their own seeds)."""
+    ratio = mode.endswith("(ratio)")
+    mode = rule_mode(mode)
     seeds = list(range(AUTO_SEED, AUTO_SEED + holdout_size(problem.bank.shape[0])))
     counter = EvaluationCounter()
 
@@ -200,7 +230,8 @@ def default_rule(problem: Problem, mode: str) -> dict[str, Any]:
                                       make_correction(problem.negation, mode, calibration=calibration, **knobs))
         return sample(corrected, seeds, (problem.dim,), problem.sigmas, sampler="heun")
 
-    choice = select_knobs(draw, problem.bank, problem.negation, default_candidates(mode), cut=problem.calibration.cut)
+    choice = select_knobs(draw, problem.bank, problem.negation, default_candidates(mode), cut=problem.calibration.cut,
+                          estimator="ratio" if ratio else "knn", ratio=ratio_fit(cfg or ToyConfig()) if ratio else None)
     return {"knobs": choice.knobs, "meets_target": choice.meets_target, "trials": choice.trials, "evaluations": counter.rows}
 
 
@@ -236,8 +267,10 @@ def run_rejection(problem: Problem, cfg: ToyConfig) -> dict[str, Any]:
 def run_dimension(dim: int, cfg: ToyConfig, log: RunLog, progress: bool = True) -> tuple[Problem, list[dict[str, Any]]]:
     problem = build_problem(dim, cfg)
     records = []
-    rules = {mode: log.run(f"D={dim}|default rule v2|{mode}", lambda mode=mode: default_rule(problem, mode))
-             for mode in ("calibrated", "substitution")}
+    modes = ("calibrated", "substitution") + (("substitution (ratio)",) if cfg.ratio else ())
+    rules = {mode: log.run(f"D={dim}|default rule v2|{mode}", lambda mode=mode: default_rule(problem, mode, cfg))
+             for mode in modes}
+    rule_of = {rule_method(mode): mode for mode in modes}
     runs = method_runs(problem, cfg, {mode: rule["knobs"] for mode, rule in rules.items()})
     for method, knob, value, factory in tqdm(runs, desc=f"toy D={dim}", disable=not progress):
         key = f"D={dim}|{method}|{knob}={value:g}"
@@ -249,7 +282,7 @@ def run_dimension(dim: int, cfg: ToyConfig, log: RunLog, progress: bool = True) 
         r["noise_floor"] = problem.noise_floor
         family = r["method"].split(" (")[0]  # the mode, whatever its knobs
         uses_bank = family in ("calibrated", "substitution")
-        trials = rules[family]["evaluations"] if r["method"].endswith("(default rule)") else 0
+        trials = rules[rule_of[r["method"]]]["evaluations"] if r["method"] in rule_of else 0
         r["bank_evaluations_per_sample"] = (problem.bank_evaluations + trials) / cfg.samples if uses_bank else 0.0
     return problem, records
 
@@ -257,7 +290,7 @@ def run_dimension(dim: int, cfg: ToyConfig, log: RunLog, progress: bool = True) 
 def method_family(method: str) -> str:
     """The family a run is compared in: ``reference (s=...)`` belongs to ``reference``; a mode at the default rule's
     knobs and substitution with the classifier floor are families of their own."""
-    return method if method.endswith(("(default rule)", "(floor)")) else method.split(" (")[0]
+    return method if method.endswith(("default rule)", "(floor)", "(ratio)")) else method.split(" (")[0]
 
 
 def best_points(records: list[dict[str, Any]], target: float = UNSAFE_TARGET) -> list[dict[str, Any]]:
@@ -292,7 +325,8 @@ def summary_markdown(records: list[dict[str, Any]], cfg: ToyConfig) -> str:
 
 
 ORDER = ["plain", "oracle", "rejection", "calibrated (default rule)", "calibrated", "substitution (default rule)",
-         "substitution", "substitution (floor)", "paper", "reference", "spell", "negative guidance"]
+         "substitution", "substitution (floor)", "substitution (ratio, default rule)", "substitution (ratio)",
+         "calibrated (ratio)", "paper", "reference", "spell", "negative guidance"]
 
 
 def plot_tradeoffs(records: list[dict[str, Any]], path: Path) -> None:
@@ -393,6 +427,8 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
                         "toy = 2 of 8 separated modes negated, adjacent = an arc of 2 on a ring of 12 modes 5 spreads "
                         "apart, mostly = 6 of 8 modes negated")
     parser.add_argument("--cut", choices=COVERAGE_CUTS, help=f"the bank's coverage cut (default {defaults.cut})")
+    parser.add_argument("--ratio", action="store_true", default=None,
+                        help="also run the fitted-ratio estimator of beta* (a classifier fitted per dimension, minutes)")
     parser.add_argument("--out", help=f"output folder (default {defaults.out})")
     parser.add_argument("--quick", action="store_true", help=f"CI-sized defaults (explicit flags still win): {QUICK}")
     parser.set_defaults(run=_main)
@@ -400,7 +436,7 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _main(args: argparse.Namespace) -> int:
     settings = dict(QUICK) if args.quick else {}
-    settings.update({k: v for k in ("dims", "samples", "negation", "bank", "steps", "seed", "family", "cut", "out")
+    settings.update({k: v for k in ("dims", "samples", "negation", "bank", "steps", "seed", "family", "cut", "ratio", "out")
                      if (v := getattr(args, k)) is not None})
     if "dims" in settings:
         settings["dims"] = tuple(settings["dims"])

@@ -8,6 +8,7 @@ import shlex
 from pathlib import Path
 
 from ..argtypes import add_config_flags, given_config_values, positive_int
+from ..t2i.train_flags import TEXT_ONLY_FLAGS, add_text_train_flags
 from .config import TRAIN_FLAGS, TrainConfig
 
 
@@ -21,6 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="text-to-image: a UNet2DConditionModel on MiniLM token embeddings (Fashion-MNIST captions); "
                         "exports a FashionTextPipeline folder <out>/pipeline; defaults from t2i.train.TextTrainConfig")
     add_config_flags(p, TrainConfig(), TRAIN_FLAGS)
+    add_text_train_flags(p)
     p.add_argument("--card", action="store_true", help="write MODEL_CARD.md and a sample grid at the end")
     p.set_defaults(run=run_train)
 
@@ -59,6 +61,9 @@ def run_train(args: argparse.Namespace) -> int:
         return run_text_training(args, command_line(args))
     from .train import train
 
+    text_only = [f"--{k}" for k in TEXT_ONLY_FLAGS if getattr(args, k, None) is not None]
+    if text_only:
+        raise ValueError(f"train: {', '.join(text_only)} apply to --text only")
     cfg = TrainConfig(out=args.out, conditional=args.conditional, command=command_line(args),
                       **given_config_values(args, TRAIN_FLAGS))
     path = train(cfg)

@@ -2,6 +2,7 @@
 
 1. Unconditional model, negation set = 500 shipped trouser images: share of trousers, FD, samples.
 2. Memorising model, negation set = 4 of its 16 memorised images: copies of them, samples.
+
 Both on the same seeds: plain, the safe denoiser (calibrated mode and bank substitution), SPELL, rejection.
 """
 
@@ -12,6 +13,10 @@ from pathlib import Path
 
 from .benchmarks import Size, bench_memorisation, bench_uncond
 from .common import write_json, write_text
+from .grids import caption_file
+
+QUICK_NOTE = ("--quick: smoke-test sizes (8 samples, 8 steps): the numbers only show that everything runs; "
+              "FD and unsafe shares at this size mean nothing")
 
 # knobs picked from the benchmark results (README, section "Images"); the demo measures, it does not copy numbers
 DEMO_UNCOND = Size(samples=200, steps=12, bank=256, negation=500,
@@ -33,7 +38,12 @@ def run_demo(out: Path, progress: bool = True, quick: bool = False) -> dict:
     for task, result in (("negate trousers", uncond), ("forget 4 memorised images", memorise)):
         for method, row in result["best"].items():
             lines.append(f"| {task} | {method} | {100 * row['unsafe']:.1f}% | {row['fd']:.2f} | {row['nfe_per_sample']:.0f} |")
+    for task, folder, result, unsafe in (("negate trousers", "uncond", uncond, "trousers"),
+                                          ("forget 4 memorised images", "memorisation", memorise, "copies")):
+        label_grids(out / folder, task, result, unsafe, quick)
     summary = {"seconds": round(time.time() - start, 1), "uncond": uncond["best"], "memorisation": memorise["best"]}
+    if quick:
+        summary["note"] = QUICK_NOTE
     write_json(out / "summary.json", summary)
     table = "\n".join(lines)
     write_text(out / "summary.md", f"""# safe-denoiser demo
@@ -43,5 +53,14 @@ def run_demo(out: Path, progress: bool = True, quick: bool = False) -> dict:
 Unsafe: share of samples the judge calls a trouser / share of samples copying one of the 4 negated
 memorised images. Grids (same seeds): `uncond/grid_plain.png` vs `uncond/grid_substitution-fixedcut.png`,
 `memorisation/grid_plain.png` vs `memorisation/grid_calibrated.png`. Wall time {summary['seconds']:.0f} s.
-""")
-    return {"table": table, **summary}
+{chr(10) + QUICK_NOTE + chr(10) if quick else ''}""")
+    return {"table": (table + "\n" + QUICK_NOTE) if quick else table, **summary}
+
+
+def label_grids(folder: Path, task: str, result: dict, unsafe: str, quick: bool) -> None:
+    """Caption every method's grid with the task, the method, its knob and what was measured on those seeds."""
+    for method, name in result.get("grids", {}).items():
+        row = result["best"][method]
+        knob = "" if row.get("value") is None else f" ({row.get('knob')} {row.get('value')})"
+        caption_file(folder / name, f"{task}: {method}{knob}; {unsafe} {100 * row['unsafe']:.1f}%, FD {row['fd']:.1f}"
+                     f"{' (smoke size)' if quick else ''}; the same seeds for every method")

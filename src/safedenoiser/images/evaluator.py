@@ -101,6 +101,10 @@ class Evaluator:
         """(B,) predicted class indices."""
         return self.logits(images).argmax(1)
 
+    def top_probability(self, images: Tensor) -> Tensor:
+        """(B,) the judge's largest class probability (softmax of the logits), float64."""
+        return torch.softmax(self.logits(images).double(), dim=1).max(1).values
+
     def features(self, images: Tensor) -> Tensor:
         """(B, 128) penultimate features, float64."""
         return self._batched(images, self.judge.features).double()
@@ -222,3 +226,29 @@ def train_fashion_judge(out: str | Path, *, epochs: int = 3, seed: int = 0, prog
                          "wall_time_s": round(time.time() - start, 1),
                          "copy_threshold_rule": "1% quantile of test->train nearest pixel distance"})
     return evaluator
+
+
+@dataclass
+class BrokenDetector:
+    """Broken outputs, with no human in the loop: an image is broken when the judge recognises it less than real
+    images (top class probability below the ``quantile`` of real held-out images') or it lies farther from every
+    real image than real images do (pixel distance to the nearest image of ``bank`` above the ``1 - quantile``
+    quantile of real held-out images'). The judge alone is not enough: it is confident on pure noise. At
+    ``quantile`` 0.005 at most 1% of real held-out images count as broken."""
+
+    evaluator: Evaluator
+    bank: Tensor  # (M, D) real images (training split), flattened
+    min_probability: float
+    max_distance: float
+
+    @classmethod
+    def calibrate(cls, evaluator: Evaluator, bank: Tensor, held_out: Tensor, quantile: float = 0.005) -> BrokenDetector:
+        bank = bank.reshape(len(bank), -1).float()
+        prob = evaluator.top_probability(held_out)
+        dist = nearest_distances(held_out.reshape(len(held_out), -1).float(), bank).double()
+        return cls(evaluator, bank, float(torch.quantile(prob, quantile)), float(torch.quantile(dist, 1 - quantile)))
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """(B,) bool: broken images."""
+        far = nearest_distances(images.reshape(len(images), -1).float().clamp(-1, 1), self.bank).double()
+        return (self.evaluator.top_probability(images) < self.min_probability) | (far > self.max_distance)

@@ -54,6 +54,27 @@ def optimise(opt: torch.optim.Optimizer, model: torch.nn.Module, ema: torch.nn.M
     return float(loss.detach())
 
 
+class TrainClock:
+    """The per-step bookkeeping the trainers share: step count, the loss's EMA (0.99), wall time summed over resumed
+    sessions, the progress bar and the session's time limit."""
+
+    def __init__(self, total: int, step: int, wall: float, loss_avg: float, time_limit_min: float, desc: str,
+                 progress: bool):
+        self.total, self.step, self.wall, self.loss_avg = total, step, wall, loss_avg
+        self.limit_s, self.wall0, self.start = 60 * time_limit_min, wall, time.time()
+        self.bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, mininterval=10)
+
+    def tick(self, loss: float) -> bool:
+        """Count one step of loss ``loss``; True when training should stop (all steps done, or the time limit)."""
+        self.loss_avg = loss if math.isnan(self.loss_avg) else 0.99 * self.loss_avg + 0.01 * loss
+        self.step += 1
+        elapsed = time.time() - self.start
+        self.wall = self.wall0 + elapsed
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{self.loss_avg:.4f}", refresh=False)
+        return self.step >= self.total or bool(self.limit_s and elapsed > self.limit_s)
+
+
 def select_subset(data: ImageData, size: int, seed: int) -> tuple[ImageData, list[int]]:
     """``size`` distinct training items chosen with ``seed`` (the memorised set)."""
     if not 0 < size <= len(data):

@@ -60,6 +60,7 @@ def coverage_cut(negation_size: int, bank_size: int, unsafe_share: float = 1.0) 
 
 
 COVERAGE_CUTS = ("worst-case", "fixed-point")
+ESTIMATORS = ("knn", "ratio")  # kernel densities + kNN split, or a fitted classifier (ratio.py)
 
 
 def fixed_point_cut(share: Tensor, negation_size: int, rounds: int = 50) -> float:
@@ -112,10 +113,20 @@ class Calibration:
 
     @classmethod
     def from_bank(cls, bank: Tensor, negation: NegationSet, *, neighbours: int = 20, radius: float | None = None,
-                  cut: str = "worst-case") -> Calibration:
+                  cut: str = "worst-case", estimator: str = "knn", ratio: Any = None) -> Calibration:
         """Split model samples ``bank`` (M, *item_shape) into covered / not covered by the negation set,
         by the k-nearest-neighbour share rule (default; ``cut`` "worst-case" or "fixed-point", module docstring)
-        or by a fixed distance ``radius``."""
+        or by a fixed distance ``radius``. ``estimator="ratio"`` fits a noise-conditional classifier instead
+        (:class:`~safedenoiser.methods.ratio.RatioCalibration`, settings ``ratio``: a ``RatioFit`` or None): it splits
+        the bank and gives beta* itself."""
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        if estimator == "ratio":
+            if radius is not None:
+                raise ValueError("estimator='ratio' splits the bank with its classifier: radius does not apply")
+            from .ratio import RatioCalibration
+
+            return RatioCalibration.fit(bank, negation, ratio)
         if cut not in COVERAGE_CUTS:
             raise ValueError(f"cut must be one of {COVERAGE_CUTS}, got {cut!r}")
         negation.check_compatible(bank, "calibration bank")
@@ -143,6 +154,13 @@ class Calibration:
         n, m = len(negation), self.bank.shape[0]
         share = negation_share(self.bank.to(x0.device), negation, self.neighbours, queries=x0.to(self.bank.dtype))
         return (share * (n + m * self.unsafe_share) / n).clamp(0, 1).to(x0.dtype)
+
+    def is_covered(self, samples: Tensor, negation: NegationSet) -> Tensor:
+        """(Q,) bool: the rule that split the bank applied to clean samples (Q, D): the kNN share against the bank kept
+        by :meth:`from_bank` at the recorded coverage threshold."""
+        if self.bank is None or self.coverage_threshold is None:
+            raise ValueError("is_covered needs a calibration split by the kNN rule (Calibration.from_bank without radius)")
+        return negation_share(self.bank, negation, self.neighbours, queries=samples.to(self.bank)) >= self.coverage_threshold
 
     def safe_moments(self, x: Tensor, sigma: Tensor, with_mean: bool = False) -> KernelMoments:
         """Kernel moments of the safe bank at queries x (B, D): its log-mass and (optionally) its kernel mean,
@@ -189,17 +207,21 @@ class KnobChoice:
 
 def select_knobs(draw: Callable[[dict[str, Any], Calibration], Tensor], bank: Tensor, negation: NegationSet,
                  candidates: Sequence[dict[str, Any]], *, holdout: float = 0.25, target: float = 0.01,
-                 neighbours: int = 20, cut: str = "worst-case") -> KnobChoice:
+                 neighbours: int = 20, cut: str = "worst-case", estimator: str = "knn", ratio: Any = None) -> KnobChoice:
     """The default rule for the knobs of the calibrated and substitution modes, from the model, the negation set and
     the bank alone (no judge, no test seeds): hold out the last ``holdout`` share of the bank; calibrate on the rest;
     for each candidate (a dict of knobs, e.g. ``{"gain": 2.0}``) draw as many samples as were held out
     (:func:`holdout_size`), ``draw(knobs, calibration)`` (fresh seeds), and measure
+
       * covered: the share of them the negation set covers, by the same k-nearest-neighbour rule that splits the
         bank (an estimate of the unsafe share that needs no judge);
       * mmd: their MMD to the held-out samples that the negation set does not cover (an estimate of the distance
         to p_safe).
+
     Pick the lowest mmd among the candidates with covered <= ``target``; if none reaches it, the lowest covered
-    share. The caller then applies the chosen knobs with a calibration of the whole bank."""
+    share. The caller then applies the chosen knobs with a calibration of the whole bank. With ``estimator="ratio"``
+    the calibration is the fitted classifier (settings ``ratio``), and that classifier, not the kNN rule, judges
+    which held-out and trial samples are covered."""
     flat = bank.reshape(bank.shape[0], -1)
     held = holdout_size(flat.shape[0], holdout)
     if flat.shape[0] - held < 2:
@@ -207,9 +229,10 @@ def select_knobs(draw: Callable[[dict[str, Any], Calibration], Tensor], bank: Te
     if not candidates:
         raise ValueError("select_knobs: no candidate knobs to try")
     fit, held_out = flat[:-held], flat[-held:]
-    calibration = Calibration.from_bank(bank[:-held], negation, neighbours=neighbours, cut=cut)  # items keep their shape
-    cut = calibration.coverage_threshold  # the rule that split the fit part judges the held-out and trial samples
-    held_safe = held_out[negation_share(fit, negation, neighbours, queries=held_out) < cut]
+    calibration = Calibration.from_bank(bank[:-held], negation, neighbours=neighbours, cut=cut, estimator=estimator,
+                                        ratio=ratio)  # items keep their shape
+    # the rule that split the fit part judges the held-out and trial samples
+    held_safe = held_out[~calibration.is_covered(held_out, negation)]
     if held_safe.shape[0] < 2:
         raise ValueError("select_knobs: the negation set covers nearly every held-out sample; use a larger bank")
     bandwidths = median_bandwidths(held_safe)
@@ -219,7 +242,7 @@ def select_knobs(draw: Callable[[dict[str, Any], Calibration], Tensor], bank: Te
         if not bool(torch.isfinite(samples).all()):
             trials.append({"knobs": dict(knobs), "covered": 1.0, "mmd": math.inf})
             continue
-        covered = float((negation_share(fit, negation, neighbours, queries=samples.to(fit)) >= cut).double().mean())
+        covered = float(calibration.is_covered(samples.to(fit), negation).double().mean())
         trials.append({"knobs": dict(knobs), "covered": covered, "mmd": mmd(samples, held_safe, bandwidths)})
     meeting = [t for t in trials if t["covered"] <= target]
     best = min(meeting, key=lambda t: t["mmd"]) if meeting else min(trials, key=lambda t: (t["covered"], t["mmd"]))

@@ -1,10 +1,11 @@
 """A safe denoiser for conditional models with ONE reference set shared by every condition (this project).
 
 For a condition c the exact safe denoiser is E_safe[x0|x,c] = E[x0|x,c] + beta*(x,c) (E[x0|x,c] - E_unsafe[x0|x,c])
-(DESIGN section 8); beta*(x, c) needs densities per condition, which a bank per class or prompt cannot give. What
-carries the condition for free is the model's own prediction x0_hat = D(x, sigma, c). Notation: x_n the negation set,
-y_m the reference set (allowed content, :class:`ReferenceSet`), E_neg[x0|x], E_ref[x0|x] their kernel (softmax) means
-at x with bandwidth sigma (the exact denoisers of the two empirical distributions), d = E_neg - E_ref.
+(paper Eq. 5 per condition; docs/guide/conditional.md); beta*(x, c) needs densities per condition, which a bank per
+class or prompt cannot give. What carries the condition for free is the model's own prediction x0_hat = D(x, sigma,
+c). Notation: x_n the negation set, y_m the reference set (allowed content, :class:`ReferenceSet`), E_neg[x0|x],
+E_ref[x0|x] their kernel (softmax) means at x with bandwidth sigma (the exact denoisers of the two empirical
+distributions), d = E_neg - E_ref.
 
 Decomposition: if the unsafe content does not depend on the condition, E[x0|x,c] = (1-rho) E_safe[x0|x,c] + rho E_neg[x0|x]
 with rho = P(unsafe|x,c). Every estimator below forms x0' = x0_hat + r (E_ref[x0|x] - E_neg[x0|x]).
@@ -41,6 +42,7 @@ guided path does), one state per request; with ``where="branches"`` the null bra
 from __future__ import annotations
 
 import math
+import threading
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
 
@@ -55,6 +57,7 @@ UPDATES = ("posterior", "substitute", "replace")
 ESTIMATORS = ("projection", "latch", "x0")
 GATES = ("latch", "decision", "none")
 BLENDS = ("overshoot", "share", "none")
+TEXTS = ("drop", "substitute", "project", "keep")
 
 
 class ReferenceSetError(ValueError):
@@ -68,6 +71,8 @@ class ReferenceSet(NegationSet):
     Build it from real allowed images (recommended) or from model samples with :meth:`from_samples`, which drops
     the samples the negation set covers.
     """
+
+    kind = "reference set"
 
     def __init__(self, data: Tensor, *, validate: bool = True, **kwargs: Any):
         metadata = {**(kwargs.pop("metadata", None) or {}), "role": "reference"}
@@ -133,12 +138,13 @@ class ConditionalCorrection(Correction):
 
     acts_on_guided = True
 
-    KNOBS = ("reference", "gain", "bandwidth_scale", "sigma_data", "update", "log_threshold", "heading", "estimator",
-             "gate", "blend")
+    KNOBS = ("reference", "guard", "text", "gain", "bandwidth_scale", "sigma_data", "update", "log_threshold", "heading",
+             "estimator", "gate", "blend")
 
     def __init__(self, negation: NegationSet, reference: ReferenceSet, *, gain: float = 1.0, bandwidth_scale: float = 1.0,
                  sigma_data: float = 0.5, update: str = "posterior", log_threshold: float = -math.inf, heading: float = 1.0,
-                 estimator: str = "projection", gate: str = "decision", blend: str = "overshoot", check_reference: bool = True, **kwargs: Any):
+                 estimator: str = "projection", gate: str = "decision", blend: str = "overshoot", text: str = "drop",
+                 guard: float = 1.0, check_reference: bool = True, **kwargs: Any):
         super().__init__(negation, **kwargs)
         if not isinstance(reference, NegationSet):
             raise ReferenceSetError(f"the conditional mode needs a ReferenceSet of allowed items, got {type(reference).__name__}")
@@ -173,33 +179,74 @@ class ConditionalCorrection(Correction):
         if blend not in BLENDS:
             raise ValueError(f"unknown blend {blend!r}; choose one of {BLENDS}")
         self.blend = blend
-        self._states: dict[str, tuple[Tensor, Tensor]] = {}
-        self._stream = "default"
+        if text not in TEXTS:
+            raise ValueError(f"unknown text rule {text!r}; choose one of {TEXTS}")
+        if not 0.0 <= guard <= 1.0:
+            raise ValueError(f"guard must be in [0, 1], got {guard}")
+        self.text, self.guard = text, float(guard)
+        self._local = threading.local()  # per-thread run state: latches per stream, current stream, pending text direction
+
+    @property
+    def _states(self) -> dict[str, tuple[Tensor, Tensor]]:
+        states = getattr(self._local, "states", None)
+        if states is None:
+            states = self._local.states = {}
+        return states
+
+    @property
+    def _stream(self) -> str:
+        return getattr(self._local, "stream", "default")
 
     def reset(self) -> None:
-        """Forget the per-row priors of every stream (a new sampling run). Done automatically when a call's batch size
-        differs from the previous call's or a row's sigma goes up."""
-        self._states = {}
+        """Forget the per-row priors of every stream of the calling thread (a new sampling run). The diffusers hook calls
+        it at the start of every pipeline call (``scheduler.set_timesteps``); it also happens when a call's batch size
+        differs from the previous call's or a row's sigma goes up. State is per thread: one correction can serve
+        several threads at once, each thread running one trajectory at a time."""
+        self._local.states = {}
 
     @contextmanager
     def stream(self, name: str) -> Iterator[ConditionalCorrection]:
         """Calls inside use the latch state of stream ``name`` (e.g. the null branch of CFG) instead of the default one."""
-        previous, self._stream = self._stream, name
+        previous, self._local.stream = self._stream, name
         try:
             yield self
         finally:
-            self._stream = previous
+            self._local.stream = previous
 
     def _latch(self, sigma: Tensor, evidence: Tensor) -> Tensor:
         """Per-row running maximum of ``evidence`` over the calls of this trajectory (stream); restarts on a new run."""
-        state = self._states.get(self._stream)
+        states = self._states
+        state = states.get(self._stream)
         if state is not None:
             prior, last = state
             if prior.shape != evidence.shape or prior.device != evidence.device or bool((sigma > last * (1 + 1e-6)).any()):
                 state = None
         prior = evidence if state is None else torch.maximum(state[0], evidence)
-        self._states[self._stream] = (prior, sigma)
+        states[self._stream] = (prior, sigma)
         return prior
+
+    def guided(self, x: Tensor, sigma: Tensor | float, x0_uncond: Tensor, x0_cond: Tensor, guidance: float,
+               combined: Tensor | None = None) -> Tensor:
+        """Classifier-free guidance corrected once: the latch reads the guided x0 = x0_u + w (x0_c - x0_u); for flagged
+        rows (flag > 0) the text direction T = w (x0_c - x0_u) is then replaced, by the share ``guard * flag``, before
+        the projection and blend act on the result: x0 = guided - guard flag T', with T' by ``text``:
+        ``drop`` (default) T' = T: the text direction is removed (x0_u + w (1 - guard flag)(x0_c - x0_u)), so the
+        request's unsafe content is not re-added at middle noise, off the correction's axis; ``substitute``
+        T' = w (x0_c - E_ref[x0 | x0_c]): the conditional branch is replaced by the allowed content nearest to it (the
+        reference set's kernel mean at x0_c, the classifier's bandwidth h; measured: collapses on the nearest allowed
+        component and leaks at few steps on 64-D mixtures); ``project`` T' = the component of T along
+        d = E_neg - E_ref where positive (measured: does not stop explicit image requests, the unsafe structure is off
+        d); ``keep`` (or guard 0): version 3, no change. Rows never flagged are bit-identical to plain CFG. ``x`` is the (conditional) sample in VE form; ``combined`` the guided x0
+        if the caller has it (returned as is, the same object, when nothing acts)."""
+        text = float(guidance) * (x0_cond - x0_uncond)
+        guided = x0_uncond + text if combined is None else combined
+        if self.text == "keep" or self.guard == 0.0 or self.estimator != "projection" or self.gate == "none":
+            return self(x, sigma, guided)
+        self._local.text, self._local.guidance = (text, x0_cond), float(guidance)
+        try:
+            return self(x, sigma, guided)
+        finally:
+            self._local.text = None
 
     @property
     def is_identity(self) -> bool:
@@ -223,16 +270,28 @@ class ConditionalCorrection(Correction):
         diagnostics = {"bandwidth": h, "classifier_log_odds": log_odds}
         neg = self.negation.moments(x, sigma, chunk_size=self.chunk_size)  # E_neg[x0|x], E_ref[x0|x]: bandwidth sigma
         ref = self.reference.moments(x, sigma, chunk_size=self.chunk_size)
+        reduced = torch.zeros_like(log_odds, dtype=torch.bool)
         if self.estimator == "projection":
             axis = neg.mean - ref.mean
-            share = ((x0 - ref.mean) * axis).sum(1) / (axis * axis).sum(1).clamp_min(torch.finfo(x0.dtype).tiny)
+            axis_sq = (axis * axis).sum(1).clamp_min(torch.finfo(x0.dtype).tiny)
             if self.gate == "none":
-                flag = torch.ones_like(share)
+                flag = torch.ones_like(log_odds)
             else:
                 latched = self._latch(sigma, log_odds)
                 flag = torch.sigmoid(latched)
                 if self.gate == "decision":
                     flag = torch.where(latched > 0, flag, torch.zeros_like(flag))
+            pending = getattr(self._local, "text", None)
+            if pending is not None:  # guided call of a flagged request: reduce CFG's text direction (see guided())
+                text, cond = (t.reshape(x0.shape).to(x0.dtype) for t in pending)
+                if self.text == "project":
+                    text = axis * (((text * axis).sum(1) / axis_sq).clamp(min=0.0))[:, None]
+                elif self.text == "substitute":  # w (x0_c - x0_u) -> w (E_ref[x0 | x0_c] - x0_u): the allowed content nearest the request
+                    nearest = self.reference.moments(cond, h, chunk_size=self.chunk_size).mean
+                    text = self._local.guidance * (cond - nearest)
+                x0 = x0 - (self.guard * flag)[:, None] * text
+                reduced = flag > 0
+            share = ((x0 - ref.mean) * axis).sum(1) / axis_sq
             r = share.clamp(min=0.0) * flag
             log_odds = torch.logit(flag) + torch.log(share.clamp(min=0.0))  # acts where the request is flagged and heads to E_neg
             diagnostics.update(share=share, flag=flag)
@@ -251,7 +310,7 @@ class ConditionalCorrection(Correction):
             excess = diagnostics["share"] - 1.0 if self.blend == "overshoot" else diagnostics["share"]
             pull = diagnostics["flag"] * excess.clamp(0.0, 1.0)
             out = out + pull[:, None] * (ref.mean - out)
-        return Proposal(out, log_odds > self.log_threshold,
+        return Proposal(out, (log_odds > self.log_threshold) | reduced,
                         {"weight": r, "log_odds": log_odds, "log_kernel_mass": neg.log_mass,
                          "max_kernel_weight": torch.exp(neg.max_logit - neg.log_mass), **diagnostics})
 
@@ -283,10 +342,13 @@ class SafeClassifierFreeGuidance:
     def __call__(self, x: Tensor, sigma: Tensor, **cond: Any) -> Tensor:
         if self.where == "guided":
             c = self.denoiser(x, sigma, **cond)
-            if self.guidance != 1.0:
-                n = self.denoiser(x, sigma, **self.null)
-                c = n + self.guidance * (c - n)
-            return self.correction(x, sigma, c)
+            if self.guidance == 1.0:
+                return self.correction(x, sigma, c)
+            n = self.denoiser(x, sigma, **self.null)
+            guided = getattr(self.correction, "guided", None)
+            if guided is not None:
+                return guided(x, sigma, n, c, self.guidance)
+            return self.correction(x, sigma, n + self.guidance * (c - n))
         c = self.correction(x, sigma, self.denoiser(x, sigma, **cond))
         if self.guidance == 1.0:
             return c

@@ -1,7 +1,10 @@
 """The safe denoiser (Kim, Kim, Yusuf, Ermon, Park, arXiv 2502.08011) as corrections of the predicted x0.
 
-Identity (paper Eq. 5-6):   E_safe[x0|x] = E_data[x0|x] + beta*(x) (E_data[x0|x] - E_unsafe[x0|x]),
-                            beta*(x) = Z_u p_unsafe,sigma(x) / (Z_s p_safe,sigma(x)).
+Identity (paper Eq. 5-6)::
+
+    E_safe[x0|x] = E_data[x0|x] + beta*(x) (E_data[x0|x] - E_unsafe[x0|x]),
+    beta*(x) = Z_u p_unsafe,sigma(x) / (Z_s p_safe,sigma(x)).
+
 E_unsafe is the kernel (softmax-attention) mean of the negation set; the three modes differ in the weight:
 
 * ``paper``       w = eta * beta(x),  beta(x) = (1/N) sum_n N(x; x_n, sigma^2 I)       (Eq. 7), gated by beta_t

@@ -1,8 +1,10 @@
 """Isotropic Gaussian mixtures: exact denoisers at every noise level, exact safe denoisers, exact samples.
 
-p(x0) = sum_k pi_k N(x0; mu_k, s_k^2 I).  Noised with x = x0 + sigma n:
+p(x0) = sum_k pi_k N(x0; mu_k, s_k^2 I).  Noised with x = x0 + sigma n::
+
     p_sigma(x)  = sum_k pi_k N(x; mu_k, (s_k^2 + sigma^2) I)
     E[x0 | x]   = sum_k r_k(x) (mu_k + s_k^2 / (s_k^2 + sigma^2) (x - mu_k)),   r_k = posterior of component k
+
 The safe distribution of a mixture with an unsafe subset U is the mixture of the other components with
 renormalised weights, so its exact denoiser is the same formula over the safe components (the oracle).
 """

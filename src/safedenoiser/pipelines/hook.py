@@ -1,5 +1,5 @@
 """Put the safe denoiser into any diffusers pipeline without forking it: a forward hook on ``pipe.unet`` /
-``pipe.transformer`` (DESIGN section 3).
+``pipe.transformer`` (docs/guide/diffusers.md, "How it works").
 
 At every model call the hook reads ``(alpha, s)`` of the model input from the scheduler's own state
 (:mod:`.noise_levels`), converts the output to x0 (:mod:`safedenoiser.models.conversions`), applies the
@@ -16,6 +16,7 @@ the same change to both branches, so the scheduler's guided x0 is exactly the co
 
 from __future__ import annotations
 
+import functools
 import math
 from pathlib import Path
 from typing import Any
@@ -124,6 +125,7 @@ class SafeDenoiserHook:
         self.trace: list[dict[str, Any]] = []
         self._sigma: float = math.nan
         self._handle = self.model.register_forward_hook(self._hook, with_kwargs=True)
+        self._guard(pipe.scheduler)
 
     def detach(self) -> None:
         """Remove the hook and the scheduler guards; the pipeline is as before :func:`attach_safe_denoiser`."""
@@ -131,10 +133,11 @@ class SafeDenoiserHook:
             self._handle.remove()
             self._handle = None
         for scheduler, previous in self._guarded.values():
-            if previous is None:
-                scheduler.__dict__.pop("step", None)
-            else:
-                scheduler.step = previous
+            for name, method in previous.items():
+                if method is None:
+                    scheduler.__dict__.pop(name, None)
+                else:
+                    setattr(scheduler, name, method)
         self._guarded.clear()
         self.correction.callback = self._user_callback
 
@@ -228,11 +231,25 @@ class SafeDenoiserHook:
         return prediction
 
     def _guard(self, scheduler: Any) -> None:
-        """Refuse ``step`` options that make the scheduler's x0 differ from the model's (churn, per-token sigmas)."""
-        original = scheduler.step
-        previous = scheduler.__dict__.get("step")  # a wrapper someone else installed on the instance
+        """Refuse ``step`` options that make the scheduler's x0 differ from the model's (churn, per-token sigmas), and
+        start every pipeline call with fresh per-run state: ``set_timesteps`` (called by every diffusers pipeline at
+        the start of a call) resets the correction's state (the conditional mode's latch), so a call stopped by an
+        exception leaves nothing to the next one. Also reset here: the first call on a scheduler guarded lazily."""
+        original, original_set = scheduler.step, scheduler.set_timesteps
+        previous = {key: scheduler.__dict__.get(key) for key in ("step", "set_timesteps")}  # others' instance wrappers
         name = type(scheduler).__name__
+        reset = getattr(self.correction, "reset", None)
+        if reset is not None:
+            reset()
 
+        @functools.wraps(original_set)  # pipelines inspect the signatures of set_timesteps and step
+        def set_timesteps(*args: Any, **kwargs: Any) -> Any:
+            reset_state = getattr(self.correction, "reset", None)
+            if reset_state is not None:
+                reset_state()
+            return original_set(*args, **kwargs)
+
+        @functools.wraps(original)
         def step(*args: Any, **kwargs: Any) -> Any:
             if kwargs.get("s_churn", 0.0):
                 raise UnsupportedPipelineError(f"{name}.step(s_churn={kwargs['s_churn']}) adds churn noise and evaluates "
@@ -241,7 +258,7 @@ class SafeDenoiserHook:
                 raise UnsupportedPipelineError(f"{name}.step(per_token_timesteps=...) is not supported by the hook")
             return original(*args, **kwargs)
 
-        scheduler.step = step
+        scheduler.step, scheduler.set_timesteps = step, set_timesteps
         self._guarded[id(scheduler)] = (scheduler, previous)
 
     def _negation_for(self, shape: tuple[int, ...]) -> None:
@@ -291,8 +308,13 @@ class SafeDenoiserHook:
             # classifier-free guidance with batch [uncond; cond]: correct the guided x0 and add the same change to
             # both branches; the CFG weights (1 - w, w) sum to one, so the scheduler's guided x0 is the corrected one
             x0_u, x0_c = x0.chunk(2)
-            guided = x0_u + float(self.pipe.guidance_scale) * (x0_c - x0_u)
-            guided_safe = correction(x_in.chunk(2)[1] / alpha, sigma, guided)
+            w = float(self.pipe.guidance_scale)
+            guided = x0_u + w * (x0_c - x0_u)
+            x_c = x_in.chunk(2)[1] / alpha
+            if hasattr(correction, "guided"):  # also reduces the text direction of flagged requests
+                guided_safe = correction.guided(x_c, sigma, x0_u, x0_c, w, combined=guided)
+            else:
+                guided_safe = correction(x_c, sigma, guided)
             if guided_safe is guided:
                 return output
             delta = (guided_safe - guided).repeat(2, *([1] * (x0.ndim - 1)))

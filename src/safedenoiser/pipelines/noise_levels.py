@@ -1,7 +1,7 @@
 """Exact noise levels of a diffusers scheduler at the model call it is about to make.
 
 For the model input ``x_in = alpha * x0 + s * n`` (VP form; flow matching: ``alpha = 1 - s``) every reader returns
-``(alpha, s)`` as Python floats, read from the scheduler's own state at that call (DESIGN section 3):
+``(alpha, s)`` as Python floats, read from the scheduler's own state at that call (docs/guide/diffusers.md):
 
 * discrete VP (DDIM, DDPM, PNDM):               ``alpha^2 = alphas_cumprod[t]`` at the model's timestep ``t``;
 * k-diffusion style (Euler, Euler ancestral, Heun, LMS): VE ``sigma = sigmas[step_index]``; the model input is

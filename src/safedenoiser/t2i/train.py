@@ -2,11 +2,19 @@
 timesteps, v-prediction loss ``|F(x_t, t, text) - (alpha_t eps - sigma_t x0)|^2``, the caption replaced by the
 empty caption with probability ``caption_dropout`` (classifier-free guidance).
 
+Pixel space (``FashionTextPipeline``, 28x28) or, with ``vae``, the latents of a trained ``AutoencoderKL`` times its
+scaling factor (``x0 = mean + std * n`` drawn from the encoder's posterior per step, as SD trains), exported as
+diffusers' own ``StableDiffusionPipeline``. One loop for both.
+
 Captions are drawn per image from :mod:`.captions` (templates x synonyms of its class); their MiniLM token
-embeddings are computed once. Resumable: ``<out>/state.pt`` (tensors, numbers and strings only, loaded with
-``weights_only=True``) every ``checkpoint_every`` steps; the EMA weights are exported as a
-``FashionTextPipeline`` folder ``<out>/pipeline`` (unet and scheduler; the text encoder comes from its package). Every ``eval_every`` steps the judge's accuracy on
-the requested class (training captions and held-out paraphrases) is logged to ``<out>/history.json``.
+embeddings come from ``<out>/captions.safetensors`` (:func:`.text.cached_caption_embeddings`: with a matching cache
+the text encoder is never loaded). Resumable: ``<out>/state.pt`` (tensors, numbers and strings only, loaded with
+``weights_only=True``) every ``checkpoint_every`` steps, written *after* the EMA pipeline export ``<out>/pipeline``
+(so the export is never older than the state); a resume with other training settings is refused.
+
+Every ``eval_every`` steps (:func:`text_sample_quality`): the FD, in the judge's feature space, of guided samples of
+class-balanced training captions against the Fashion-MNIST test set, the judge's accuracy on them and on held-out
+paraphrases; with ``plateau`` training stops when the FD curve flattens (:func:`..images.quality.plateaued`).
 """
 
 from __future__ import annotations
@@ -14,21 +22,20 @@ from __future__ import annotations
 import copy
 import json
 import math
-import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from torch import Tensor
 
-from ..fileio import write_text, write_with
+from .. import fileio
+from ..images.common import save_grid
 from ..images.data import FASHION_CLASSES, load_data
+from ..images.train import TrainClock, optimise
 from ..models.conversions import v_from_eps_x0
-from ..images.train import optimise
 from .captions import held_out_captions, training_captions
-from .pipeline import FashionTextPipeline, sampling_scheduler, save_shipped, training_scheduler, unet_for_text
-from .text import encode_prompts, load_minilm
+from .text import cached_caption_embeddings
 
 
 @dataclass
@@ -45,11 +52,22 @@ class TextTrainConfig:
     seed: int = 0
     checkpoint_every: int = 250
     eval_every: int = 500
+    eval_samples: int = 200  # guided samples (class-balanced training captions) per FD evaluation
     eval_guidance: float = 3.0
     eval_steps: int = 20
+    plateau: float = 0.0  # stop when the best FD of the last fifth of training is < this much better (0: all steps)
     time_limit_min: float = 0.0
     threads: int = 1
+    device: str = "auto"
+    precision: str = "fp32"
+    vae: str = ""  # an AutoencoderKL folder: train on its latents (a StableDiffusionPipeline is exported)
     command: str = field(default="", repr=False)
+
+
+#: Settings a resumed run may change: where and how long it runs, not what it trains.
+RESUME_MAY_CHANGE = ("out", "steps", "checkpoint_every", "eval_every", "plateau", "time_limit_min", "threads",
+                     "device", "precision", "command")
+CAPTION_CACHE = "captions.safetensors"
 
 
 class TrainStateError(ValueError):
@@ -57,7 +75,7 @@ class TrainStateError(ValueError):
 
 
 def caption_table() -> tuple[list[str], torch.Tensor]:
-    """All training captions and, per caption, its class index (C,)."""
+    """All training captions (grouped by class, in class order) and, per caption, its class index (C,)."""
     captions, labels = [], []
     for label, name in enumerate(FASHION_CLASSES):
         for caption in training_captions(name):
@@ -66,15 +84,16 @@ def caption_table() -> tuple[list[str], torch.Tensor]:
     return captions, torch.tensor(labels)
 
 
-def judge_accuracy(pipe: FashionTextPipeline, judge: Any, prompts: list[str], labels: list[int], guidance: float,
-                   steps: int, seed: int = 0) -> float:
-    """Share of ``prompts`` whose image (one per prompt, seed ``seed + i``) the judge assigns to its label."""
-    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-    images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="pt").images
-    return float((judge.classify(images) == torch.tensor(labels)).float().mean())
+def all_captions() -> tuple[list[str], Tensor, list[str]]:
+    """What the trainer encodes once: training captions + held-out paraphrases + the empty caption, with the
+    training captions' labels and the held-out ones."""
+    train, labels = caption_table()
+    held = [c for name in FASHION_CLASSES for c in held_out_captions(name)]
+    return train + held + [""], labels, held
 
 
 def evaluation_prompts(per_class: int, held_out: bool) -> tuple[list[str], list[int]]:
+    """``per_class`` captions of every class, cycling through its training captions (or held-out paraphrases)."""
     prompts, labels = [], []
     for label, name in enumerate(FASHION_CLASSES):
         pool = held_out_captions(name) if held_out else training_captions(name)
@@ -84,107 +103,279 @@ def evaluation_prompts(per_class: int, held_out: bool) -> tuple[list[str], list[
     return prompts, labels
 
 
-def _load_state(path: Path, cfg: TextTrainConfig) -> dict[str, Any]:
+def judge_accuracy(pipe: Any, judge: Any, prompts: list[str], labels: list[int], guidance: float,
+                   steps: int, seed: int = 0) -> float:
+    """Share of ``prompts`` whose image (one per prompt, seed ``seed + i``) the judge assigns to its label."""
+    gens = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
+    images = pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, generator=gens, output_type="pt").images
+    return float((judge.classify(images) == torch.tensor(labels)).float().mean())
+
+
+#: draw(prompt_embeds (B, T, D), negative (1, T, D), generators, guidance, steps) -> images (B, 1, 28, 28) in [-1, 1]
+Draw = Callable[[Tensor, Tensor, list, float, int], Tensor]
+
+
+def text_sample_quality(draw: Draw, judge: Any, reference: Any, table: dict[str, Any], samples: int,
+                        guidance: float, steps: int) -> tuple[dict[str, float], Tensor]:
+    """({"fd", "accuracy_train_captions", "accuracy_held_out"}, images): ``samples`` guided samples of class-balanced training
+    captions (caption ``7 i mod n`` of its class, seed ``EVAL_SEED + i``, as the image models' FD), their FD in the
+    judge's feature space against ``reference`` and the judge's accuracy on them; and the accuracy on 10 held-out
+    paraphrases per class (seeds 0..99). ``images``: the training-caption samples, class by class."""
+    from ..images.evaluator import frechet_distance
+    from ..images.quality import EVAL_SEED
+
+    per_class = max(1, samples // len(FASHION_CLASSES))
+    labels = torch.arange(len(FASHION_CLASSES)).repeat_interleave(per_class)
+    rows = torch.tensor([int(table["offsets"][c]) + (7 * i) % int(table["counts"][c])
+                         for c in range(len(FASHION_CLASSES)) for i in range(per_class)])
+    gens = [torch.Generator().manual_seed(EVAL_SEED + i) for i in range(len(rows))]
+    samples_ = draw(table["train"][rows], table["empty"], gens, guidance, steps)
+    result = {"fd": frechet_distance(judge.features(samples_), reference),
+              "accuracy_train_captions": float((judge.classify(samples_) == labels).double().mean())}
+    held, held_labels = evaluation_prompts(10, True)
+    index = [table["held_out_names"].index(p) for p in held]
+    gens = [torch.Generator().manual_seed(i) for i in range(len(held))]
+    images = draw(table["held_out"][index], table["empty"], gens, guidance, steps)
+    result["accuracy_held_out"] = float((judge.classify(images) == torch.tensor(held_labels)).double().mean())
+    return result, samples_
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: cuda when available, else cpu; ``cuda`` without a GPU is an error naming the option."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def check_text_config(cfg: TextTrainConfig) -> None:
+    """Refuse values that would train nothing or crash later, naming the option."""
+    checks = [("steps", cfg.steps >= 1), ("batch_size", cfg.batch_size >= 1),
+              ("checkpoint_every", cfg.checkpoint_every >= 1), ("threads", cfg.threads >= 1),
+              ("lr", math.isfinite(cfg.lr) and cfg.lr > 0), ("warmup", cfg.warmup >= 1),
+              ("eval_every", cfg.eval_every >= 0), ("eval_samples", cfg.eval_samples >= 20),
+              ("eval_steps", cfg.eval_steps >= 1), ("plateau", math.isfinite(cfg.plateau) and 0 <= cfg.plateau < 1),
+              ("time_limit_min", math.isfinite(cfg.time_limit_min) and cfg.time_limit_min >= 0),
+              ("precision", cfg.precision in ("fp32", "bf16")), ("caption_dropout", 0 <= cfg.caption_dropout <= 1)]
+    for name, ok in checks:
+        if not ok:
+            raise ValueError(f"invalid training option {name}={getattr(cfg, name)!r}")
+    if cfg.plateau and not cfg.eval_every:
+        raise ValueError("plateau stopping needs an FD curve: give eval_every > 0")
+
+
+def load_train_state(path: Path, config: dict[str, Any], may_change: Sequence[str],
+                     defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A training state (tensors, numbers and strings only: ``weights_only=True``, on the CPU) whose recorded
+    ``config`` equals ``config`` except for the keys in ``may_change`` (``defaults``: values of keys that older states
+    lack); anything else is refused in one line naming the settings."""
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as err:  # a truncated file or one holding objects other than tensors and plain data
         raise TrainStateError(f"cannot read the training state {path} ({type(err).__name__}: {err}); "
                               "delete it to start over, or use another --out folder") from err
-    saved, mine = state.get("config", {}), _plain(asdict(cfg))
-    for key in ("widths", "prediction_type"):
-        if saved.get(key) != mine[key]:
-            raise TrainStateError(f"{path} was trained with {key}={saved.get(key)!r}, not {getattr(cfg, key)!r}; "
-                                  "use a new --out folder")
+    saved = {**(defaults or {}), **state.get("config", {})}
+    changed = [k for k in config if k not in may_change and saved.get(k) != config[k]]
+    if changed:
+        was = ", ".join(f"{k}={saved.get(k)!r}" for k in changed)
+        now = ", ".join(f"{k}={config[k]!r}" for k in changed)
+        raise TrainStateError(f"{path} was trained with {was}, not {now}; resume with the same settings or use a "
+                              "new --out folder")
     return state
+
+
+def restore_training(state: dict[str, Any] | None, model: Any, ema: Any, opt: Any, gen: torch.Generator,
+                     seed: int) -> tuple[int, float, float, list]:
+    """Load a state (:func:`load_train_state`) into the model, EMA, optimiser and data generator; returns (step, wall
+    time, loss EMA, history), or the values of a fresh start without a state. A generator state of another device
+    cannot be set: the data order then continues from ``seed + 1 + step``."""
+    if state is None:
+        return 0, 0.0, float("nan"), []
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    step = int(state["step"])
+    try:
+        gen.set_state(state["rng"])
+    except (RuntimeError, ValueError):
+        gen.manual_seed(seed + 1 + step)
+    return step, float(state["wall"]), float(state["loss_avg"]), json.loads(state["history"])
+
+
+class _Space:
+    """What differs between pixel and latent training: the training items, the sampler, the export."""
+
+    def __init__(self, cfg: TextTrainConfig, device: torch.device):
+        data = load_data("fashion-mnist", "train")
+        self.labels = data.labels.to(device)
+        self.vae = None
+        if cfg.vae:
+            from ..latent.vae import encode_dataset, load_vae
+
+            self.vae = load_vae(cfg.vae, device)
+            self.mean, self.std = encode_dataset(self.vae, data.images, device)
+        else:
+            self.mean, self.std = data.images.to(device), None
+        self.item_shape = tuple(self.mean.shape[1:])
+
+    def batch(self, idx: Tensor, gen: torch.Generator) -> Tensor:
+        if self.std is None:
+            return self.mean[idx]
+        return self.mean[idx] + self.std[idx] * torch.randn(self.mean[idx].shape, generator=gen, device=idx.device)
+
+    def unet(self, widths: tuple[int, ...]) -> Any:
+        from .pipeline import unet_for_text
+
+        channels, size, _ = self.item_shape
+        return unet_for_text(image_size=size, channels=channels, widths=widths)
+
+    def pipeline(self, ema: Any, scheduler: Any) -> Any:
+        if self.vae is None:
+            from .pipeline import FashionTextPipeline
+
+            pipe = FashionTextPipeline(ema, scheduler, load_text_encoder=False)
+        else:
+            from ..latent.pipeline import latent_pipeline
+
+            pipe = latent_pipeline(self.vae, ema, scheduler)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def draw(self, pipe: Any) -> Draw:
+        def draw(embeds: Tensor, negative: Tensor, gens: list, guidance: float, steps: int) -> Tensor:
+            device, dtype = pipe.unet.device, pipe.unet.dtype
+            out = pipe(prompt_embeds=embeds.to(device, dtype), negative_prompt_embeds=negative.expand(len(embeds), -1, -1)
+                       .to(device, dtype), num_inference_steps=steps, guidance_scale=guidance, generator=gens,
+                       output_type="pt").images
+            if self.vae is None:
+                return out.float().cpu()
+            from ..latent.vae import from_vae_output
+
+            return from_vae_output(out.float().cpu() * 2 - 1)
+        return draw
+
+    def export(self, pipe: Any, folder: Path) -> Path:
+        if self.vae is None:
+            from .pipeline import save_shipped
+
+            return save_shipped(pipe, folder)
+        from ..latent.pipeline import save_latent_pipeline
+
+        return save_latent_pipeline(pipe, folder)
 
 
 def train_text(cfg: TextTrainConfig, progress: bool = True) -> Path:
     """Train (or resume) into ``cfg.out``; returns the exported pipeline folder."""
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.checkpoint_every < 1:
-        raise ValueError("steps, batch_size and checkpoint_every must be >= 1")
+    from .pipeline import sampling_scheduler, training_scheduler
+
+    check_text_config(cfg)
+    device = resolve_device(cfg.device)
     torch.set_num_threads(cfg.threads)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    data = load_data("fashion-mnist", "train")
-    tokenizer, encoder = load_minilm()
-    captions, caption_labels = caption_table()
-    caption_embeds = encode_prompts(tokenizer, encoder, captions)  # (C, 16, 384)
-    empty_embed = encode_prompts(tokenizer, encoder, [""])  # (1, 16, 384)
-    by_class = [torch.nonzero(caption_labels == c).flatten() for c in range(len(FASHION_CLASSES))]
+    for folder in (out, out / "pipeline"):
+        fileio.remove_stale_temps(folder)
+    state_path = out / "state.pt"
+    config = plain_config(asdict(cfg))
+    state = (load_train_state(state_path, config, RESUME_MAY_CHANGE, {"vae": "", "eval_samples": cfg.eval_samples})
+             if state_path.is_file() else None)  # refused before any expensive setup
+    captions, caption_labels, held = all_captions()
+    embeds = cached_caption_embeddings(captions, out / CAPTION_CACHE)  # (C + H + 1, 16, 384), fp16-rounded
+    n_train = len(caption_labels)
+    counts = torch.bincount(caption_labels, minlength=len(FASHION_CLASSES))
+    table = {"train": embeds[:n_train], "held_out": embeds[n_train:-1], "empty": embeds[-1:], "held_out_names": held,
+             "counts": counts, "offsets": torch.cumsum(counts, 0) - counts}
+    train_embeds, empty_embed = table["train"].to(device), table["empty"].to(device)
+    counts_d, offsets_d = counts.to(device), table["offsets"].to(device)
 
+    space = _Space(cfg, device)
     torch.manual_seed(cfg.seed)
-    unet = unet_for_text(widths=cfg.widths)
+    unet = space.unet(cfg.widths).to(device)
     ema = copy.deepcopy(unet).requires_grad_(False)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=0.0)
     schedule = training_scheduler(cfg.prediction_type)
-    abar = schedule.alphas_cumprod.float()
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    step, wall, loss_avg, history = 0, 0.0, float("nan"), []
-    state_path = out / "state.pt"
-    if state_path.is_file():
-        state = _load_state(state_path, cfg)
-        unet.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["opt"])
-        gen.set_state(state["rng"])
-        step, wall, loss_avg = int(state["step"]), float(state["wall"]), float(state["loss_avg"])
-        history = json.loads(state["history"])
-    judge = None
-    start, wall0 = time.time(), wall
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {out.name}", disable=not progress, mininterval=10)
+    abar = schedule.alphas_cumprod.float().to(device)
+    gen = torch.Generator(device).manual_seed(cfg.seed + 1)
+    step, wall, loss_avg, history = restore_training(state, unet, ema, opt, gen, cfg.seed)
+    from ..images.quality import plateaued
+
+    judge = reference = None
+    export = out / "pipeline"
+    stalled = bool(history) and plateaued([h for h in history if "fd" in h], cfg.plateau)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    clock = TrainClock(cfg.steps, step, wall, loss_avg, cfg.time_limit_min, f"train {out.name}", progress)
     unet.train()
-    while step < cfg.steps:
-        idx = torch.randint(len(data), (cfg.batch_size,), generator=gen)
-        labels = data.labels[idx]
-        pick = torch.stack([by_class[int(c)][torch.randint(len(by_class[int(c)]), (1,), generator=gen)] for c in labels])
-        context = caption_embeds[pick.flatten()]
-        drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
-        context[drop] = empty_embed
-        x0 = data.images[idx]
-        t = torch.randint(0, len(abar), (cfg.batch_size,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
+    while clock.step < cfg.steps and not stalled:
+        idx = torch.randint(len(space.labels), (cfg.batch_size,), generator=gen, device=device)
+        labels = space.labels[idx]
+        pick = offsets_d[labels] + (torch.rand(cfg.batch_size, generator=gen, device=device) * counts_d[labels]).long()
+        drop = torch.rand(cfg.batch_size, generator=gen, device=device) < cfg.caption_dropout
+        context = torch.where(drop[:, None, None], empty_embed, train_embeds[pick])
+        x0 = space.batch(idx, gen)
+        t = torch.randint(0, len(abar), (cfg.batch_size,), generator=gen, device=device)
+        noise = torch.randn(x0.shape, generator=gen, device=device)
         alpha, sigma = abar[t].sqrt()[:, None, None, None], (1 - abar[t]).sqrt()[:, None, None, None]
         target = v_from_eps_x0(noise, x0, alpha, sigma) if cfg.prediction_type == "v_prediction" else noise
-        loss = (unet(alpha * x0 + sigma * noise, t, encoder_hidden_states=context).sample - target).pow(2).mean()
-        value = optimise(opt, unet, ema, loss, step, lr=cfg.lr, warmup=cfg.warmup, ema_decay=cfg.ema_decay)
-        loss_avg = value if math.isnan(loss_avg) else 0.99 * loss_avg + 0.01 * value
-        step += 1
-        wall = wall0 + time.time() - start
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_avg:.4f}", refresh=False)
-        done = step >= cfg.steps or bool(cfg.time_limit_min and time.time() - start > 60 * cfg.time_limit_min)
+        with autocast:
+            pred = unet(alpha * x0 + sigma * noise, t, encoder_hidden_states=context).sample
+        loss = (pred.float() - target).pow(2).mean()
+        done = clock.tick(optimise(opt, unet, ema, loss, clock.step, lr=cfg.lr, warmup=cfg.warmup,
+                                   ema_decay=cfg.ema_decay))
+        step, wall, loss_avg = clock.step, clock.wall, clock.loss_avg
         if cfg.eval_every and (step % cfg.eval_every == 0 or done):
-            pipe = FashionTextPipeline(ema, sampling_scheduler(schedule), encoder, tokenizer)
-            pipe.set_progress_bar_config(disable=True)
             if judge is None:
                 from ..images.assets import load_judge
+                from ..images.quality import test_set_stats
 
                 judge = load_judge()
-            entry = {"step": step, "loss": round(loss_avg, 5), "wall_s": round(wall, 1)}
-            for key, held in (("accuracy_train_captions", False), ("accuracy_held_out", True)):
-                prompts, labels_ = evaluation_prompts(10, held)
-                entry[key] = judge_accuracy(pipe, judge, prompts, labels_, cfg.eval_guidance, cfg.eval_steps)
+                reference = test_set_stats(judge)
+            ema.eval()
+            pipe = space.pipeline(ema, sampling_scheduler(schedule))
+            quality, images = text_sample_quality(space.draw(pipe), judge, reference, table, cfg.eval_samples,
+                                                  cfg.eval_guidance, cfg.eval_steps)
+            per_class = len(images) // len(FASHION_CLASSES)
+            grid = images.view(len(FASHION_CLASSES), per_class, *images.shape[1:])[:, :10].flatten(0, 1)
+            save_grid(grid, out / "samples.png", nrow=min(10, per_class))
+            entry = {"step": step, "loss": round(loss_avg, 5), "wall_s": round(wall, 1),
+                     **{k: round(v, 4) for k, v in quality.items()}}
             history.append(entry)
-            bar.write(json.dumps(entry))
+            clock.bar.write(json.dumps(entry))
+            stalled = plateaued([h for h in history if "fd" in h], cfg.plateau)
+            done = done or stalled
         if step % cfg.checkpoint_every == 0 or done:
-            state = {"model": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                     "rng": gen.get_state(), "step": step, "wall": wall, "loss_avg": loss_avg,
-                     "history": json.dumps(history), "config": _plain(asdict(cfg))}
-            write_with(state_path, lambda tmp: torch.save(state, tmp))
-            pipe = FashionTextPipeline(ema, sampling_scheduler(schedule), encoder, tokenizer)
-            export = save_shipped(pipe, out / "pipeline")
             info = {"command": cfg.command, "steps": step, "wall_time_s": round(wall, 1), "seed": cfg.seed,
                     "final_loss": round(loss_avg, 5), "batch_size": cfg.batch_size, "history": history,
-                    "params": sum(p.numel() for p in unet.parameters()), "config": _plain(asdict(cfg))}
-            write_text(export / "training.json", json.dumps(info, indent=2))
-            write_text(out / "history.json", json.dumps(history, indent=2))
+                    "stopped_on_plateau": stalled, "device": device.type,
+                    "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                    "params": sum(p.numel() for p in unet.parameters()), "config": config}
+            # the export first, the state second: a kill between the two resumes from the older state and exports
+            # again, so the pipeline is never older than state.pt
+            space.export(space.pipeline(ema, sampling_scheduler(schedule)), export)
+            fileio.write_text(export / "training.json", json.dumps(info, indent=2))
+            fileio.write_text(out / "history.json", json.dumps(history, indent=2))
+            state = {"model": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                     "rng": gen.get_state(), "step": step, "wall": wall, "loss_avg": loss_avg,
+                     "history": json.dumps(history), "config": config}
+            fileio.write_with(state_path, lambda tmp: torch.save(state, tmp))
         if done:
             break
-    bar.close()
-    return out / "pipeline"
+    clock.bar.close()
+    if not (export / "training.json").is_file():  # a finished state whose export was deleted: export it again
+        space.export(space.pipeline(ema, sampling_scheduler(schedule)), export)
+        fileio.write_text(export / "training.json", json.dumps({"command": cfg.command, "steps": step,
+                                                                "history": history,
+                                                                "config": config}, indent=2))
+    return export
 
 
-def _plain(config: dict[str, Any]) -> dict[str, Any]:
+def plain_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A dataclass dict as JSON / state.pt stores it (tuples as lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
 
@@ -193,8 +384,10 @@ def run_text_training(args: Any, command: str) -> int:
     defaults apply to the rest); flags of the image models only are refused."""
     from ..argtypes import given_config_values
     from ..images.config import TRAIN_FLAGS
+    from .train_flags import TEXT_ONLY_FLAGS
 
     given = given_config_values(args, TRAIN_FLAGS)
+    given.update(given_config_values(args, {k: v for k, v in TEXT_ONLY_FLAGS.items() if hasattr(args, k)}))
     known = {f.name for f in fields(TextTrainConfig)}
     image_only = sorted(k for k in given if k not in known)
     if image_only or args.conditional:

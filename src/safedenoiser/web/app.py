@@ -3,6 +3,9 @@ the downloads on the right. All the work is :class:`~safedenoiser.web.generation
 turns widget values into a :class:`~safedenoiser.web.generation.Request` and results into widgets.
 
 Offline: analytics off, no share link, no server-side rendering, system fonts (nothing is fetched from the web).
+Uploads: the caps on files per request and bytes per file apply while the request streams in, before Gradio keeps
+anything (:class:`UploadCaps`); uploads and downloads live in one temporary folder per server, removed when the
+process ends (Ctrl+C, SIGTERM or a normal exit). Status lines never show server paths.
 """
 
 from __future__ import annotations
@@ -11,10 +14,16 @@ import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+_USER_TEMP = os.environ.get("GRADIO_TEMP_DIR")  # a folder the user chose for Gradio's cache is theirs: never removed
 
+import atexit  # noqa: E402
 import itertools  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
+import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -23,8 +32,8 @@ import gradio as gr  # noqa: E402
 from ..cli import describe  # noqa: E402
 from ..images.data import FASHION_CLASSES  # noqa: E402
 from .generation import (AVOIDED, DEFAULT_GUIDANCE, DEFAULT_PROMPT, METHODS, MODELS, SHIPPED_NEGATION,  # noqa: E402
-                         UPLOADED_NEGATION, Engine, Request, WebInputError, diagnostics_figure, labelled_grid,
-                         negation_from_uploads, write_downloads)
+                         UPLOADED_NEGATION, Engine, Limits, Request, WebInputError, diagnostics_figure, labelled_grid,
+                         negation_from_uploads, without_paths, write_downloads)
 
 DEFAULTS = Request()
 KEEP_RUNS = 16  # download folders kept on disk (older ones are removed)
@@ -60,12 +69,19 @@ def on_model(model: str, method: str) -> tuple[Any, ...]:
 
 
 class Page:
-    """The page's state: the engine, and the folder that holds the downloads of recent runs."""
+    """The page's state: the engine, and this server's temporary folder: ``uploads/`` (Gradio's cache, through
+    ``GRADIO_TEMP_DIR`` unless the user set it) and the downloads of recent runs; removed at exit (:meth:`close`)."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
         self.folder = Path(tempfile.mkdtemp(prefix="safedenoiser-web-"))
+        self.uploads = self.folder / "uploads"
         self._runs = itertools.count()
+        atexit.register(self.close)
+
+    def close(self) -> None:
+        """Remove the temporary folder (uploads and downloads)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
 
     def _run_folder(self) -> Path:
         folder = self.folder / f"run-{next(self._runs):06d}"
@@ -92,18 +108,22 @@ class Page:
             result = self.engine.run(request, negation, lambda fraction, phase: progress(fraction, desc=phase))
             files = write_downloads(result, self._run_folder())
         except Exception as err:  # the page's edge: one line for the user, nothing else
-            message = str(err) if isinstance(err, WebInputError) else describe(err)
+            message = without_paths(str(err) if isinstance(err, WebInputError) else describe(err), uploads or [])
             gr.Warning(message)
             return (f"**Not generated:** {message}", gr.skip(), gr.skip(), gr.skip(), gr.skip())
         plain = labelled_grid(result.plain, result.plain_labels)
         safe = labelled_grid(result.safe, result.safe_labels)
-        return (result.summary(), plain, safe, diagnostics_figure(result), [str(files["zip"]), str(files["record"])])
+        notes = (negation.metadata.get("reading_notes") or []) if negation is not None else []
+        status = result.summary() + "".join(f"  \nNote: {without_paths(n, uploads or [])}" for n in notes)
+        return (status, plain, safe, diagnostics_figure(result), [str(files["zip"]), str(files["record"])])
 
 
 def build_app(engine: Engine | None = None) -> gr.Blocks:
     """The page (not launched); ``engine`` defaults to a new :class:`Engine` with the default limits."""
     page = Page(engine or Engine())
     limits = page.engine.limits
+    if _USER_TEMP is None:  # Gradio reads it when the Blocks and the server are made: uploads go to our folder
+        os.environ["GRADIO_TEMP_DIR"] = str(page.uploads)
     with gr.Blocks(title="safe-denoiser", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(INTRO)
         with gr.Row():
@@ -136,7 +156,7 @@ def build_app(engine: Engine | None = None) -> gr.Blocks:
                 uploads = gr.File(file_count="multiple", file_types=["image"], elem_id="uploads", height=140,
                                   label=f"Negation images: up to {limits.max_uploads} files, "
                                         f"{limits.max_upload_bytes / 1e6:g} MB and {limits.max_upload_side} px "
-                                        "a side each (made grey 28x28)")
+                                        "a side each (made grey 28x28; transparent pixels black)")
                 button = gr.Button("Generate plain and safe", variant="primary", elem_id="generate")
             with gr.Column(scale=2):
                 status = gr.Markdown("Choose the settings and press **Generate**.", elem_id="status")
@@ -154,6 +174,7 @@ def build_app(engine: Engine | None = None) -> gr.Blocks:
         button.click(page.generate, [model, prompt, class_name, guidance, seed, count, steps, negation_source, uploads,
                                      method, knob], [status, plain, safe, plot, files])
     app.queue(default_concurrency_limit=1, max_size=32)
+    app.safedenoiser_page = page  # launch() applies its upload caps and removes its folder at exit
     return app
 
 
@@ -163,9 +184,85 @@ def theme() -> Any:
                              font_mono=["ui-monospace", "monospace"])
 
 
+class UploadCaps:
+    """ASGI middleware: an upload request (``POST .../gradio_api/upload``) with more than ``max_files`` files, or
+    declaring more than ``max_files`` x (``max_file_bytes`` + 4 KiB of part headers) bytes, is refused with 413 before
+    Gradio keeps any of it. The declared length is checked before reading; the file count while the body streams in: the part
+    past the cap is never passed on, and what was passed ends with a malformed part header, so that Gradio's parser
+    fails and deletes the files it started. (The per-file byte cap is Gradio's ``max_file_size``.)"""
+
+    def __init__(self, app: Any, max_files: int, max_file_bytes: int):
+        self.app, self.max_files, self.max_file_bytes = app, max_files, max_file_bytes
+        self.max_bytes = max_files * (max_file_bytes + 4096)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].endswith("/gradio_api/upload"):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        length = headers.get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            return await _refuse(send, f"upload of {int(length) / 1e6:.1f} MB refused; at most {self.max_files} files "
+                                       f"of {self.max_file_bytes / 1e6:g} MB each")
+        boundary = re.search(rb"boundary=\"?([^\";]+)", headers.get(b"content-type", b""))
+        if boundary is None:
+            return await self.app(scope, receive, send)
+        opening = b"--" + boundary.group(1) + b"\r\n"
+        state = {"carry": b"", "count": 0, "cut": False, "ended": False}
+
+        async def capped_receive() -> dict:
+            if state["ended"]:
+                return {"type": "http.disconnect"}
+            message = await receive()
+            if message["type"] != "http.request":
+                return message
+            data = state["carry"] + message.get("body", b"")
+            more = message.get("more_body", False)
+            start = 0
+            while (found := data.find(opening, start)) >= 0:
+                state["count"] += 1
+                if state["count"] > self.max_files:
+                    state["cut"] = state["ended"] = True
+                    return {"type": "http.request", "body": data[:found] + opening + b":\r\n", "more_body": False}
+                start = found + 1
+            keep = len(opening) - 1 if more else 0
+            state["carry"] = data[len(data) - keep:] if keep else b""
+            state["ended"] = not more
+            return {"type": "http.request", "body": data[: len(data) - keep], "more_body": more}
+
+        async def guarded_send(message: dict) -> None:
+            if not state["cut"]:
+                await send(message)
+
+        await self.app(scope, capped_receive, guarded_send)
+        if state["cut"]:
+            await _refuse(send, f"more than {self.max_files} files in one upload; at most {self.max_files} per request")
+
+
+async def _refuse(send: Any, text: str) -> None:
+    body = text.encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _exit_on_sigterm() -> None:
+    """Ctrl+C ends the process normally, so atexit removes the page's folder; make SIGTERM do the same."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+        signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def launch(app: gr.Blocks, host: str = "127.0.0.1", port: int = 7860, *, block: bool = True,
-           max_file_size: int | None = None) -> Any:
-    """Serve ``app`` on ``host:port`` (no share link, no server-side rendering); ``block=False`` returns at once."""
+           max_file_size: int | None = None, limits: Limits | None = None) -> Any:
+    """Serve ``app`` on ``host:port`` (no share link, no server-side rendering); ``block=False`` returns at once.
+    Uploads are capped by ``limits`` (default: the page's engine's) before they are stored (:class:`UploadCaps`)."""
+    from starlette.middleware import Middleware
+
+    page = getattr(app, "safedenoiser_page", None)
+    limits = limits or (page.engine.limits if page is not None else Limits())
+    max_file_size = max_file_size or limits.max_upload_bytes
+    if page is not None:
+        _exit_on_sigterm()
+    caps = Middleware(UploadCaps, max_files=limits.max_uploads, max_file_bytes=max_file_size)
     return app.launch(server_name=host, server_port=port, share=False, prevent_thread_lock=not block,
                       max_file_size=max_file_size, ssr_mode=False, quiet=True, footer_links=[], theme=theme(),
-                      show_error=False)
+                      show_error=False, app_kwargs={"middleware": [caps]})

