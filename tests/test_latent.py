@@ -17,13 +17,24 @@ from test_train_text import _tiny, caption_cache, small_test_set  # noqa: E402,F
 pytestmark = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST is not installed")
 
 
-def test_padding_round_trip_and_scaling_factor_rule():
+def test_vae_input_is_what_negation_build_reads_and_the_scaling_factor_rule(tmp_path):
+    """28x28 images reach the VAE as the stock image reader resizes an 8-bit PNG to the VAE's 32x32 (up to 8-bit
+    rounding: mean gap < 0.005, a few edge pixels up to 0.1), so sets built with `negation build` land where the
+    model's latents are."""
+    from PIL import Image
+
+    from safedenoiser.imageio import read_image
+    from safedenoiser.images.data import load_fashion_mnist
     from safedenoiser.latent.vae import build_vae, from_vae_output, scaling_factor, to_vae_input
 
-    images = torch.rand(3, 1, 28, 28) * 2 - 1
+    images = load_fashion_mnist("test").images[:3]
     padded = to_vae_input(images)
-    assert padded.shape == (3, 1, 32, 32) and torch.equal(from_vae_output(padded), images)
-    assert (padded[..., :2, :] == -1).all()
+    assert padded.shape == (3, 1, 32, 32) and from_vae_output(padded).shape == (3, 1, 28, 28)
+    for i in range(3):
+        Image.fromarray(((images[i, 0] + 1) * 127.5).round().byte().numpy(), mode="L").save(tmp_path / f"{i}.png")
+        read = read_image(tmp_path / f"{i}.png", size=32, mode="L", resize=True)
+        assert (read - padded[i]).abs().mean() < 0.005 and (read - padded[i]).abs().max() < 0.15
+    assert (from_vae_output(padded) - images).abs().mean() < 0.06  # the resize round trip is close to the image
     torch.manual_seed(0)
     vae = build_vae((8, 16, 16)).eval()
     factor = scaling_factor(vae, images, torch.Generator().manual_seed(0))
@@ -72,6 +83,8 @@ def test_tiny_vae_and_latent_unet_assemble_as_the_stock_pipeline(tmp_path, capti
     index = json.loads((folder / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline" and index["text_encoder"] == [None, None]
     assert json.loads((folder / "vae" / "config.json").read_text())["scaling_factor"] == info["scaling_factor"]
+    # set by us, so the stock class has nothing to rewrite (it would warn and set it on every construction)
+    assert json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["steps_offset"] == 1
 
     pipe = load_latent_pipeline(folder)
     assert type(pipe) is StableDiffusionPipeline and pipe.unet.config.sample_size == 8

@@ -146,3 +146,27 @@ def test_bad_input_is_refused_with_a_clear_message(problem):
         Calibration.from_bank(bank, negation, estimator="forest")
     with pytest.raises(ValueError, match="radius does not apply"):
         Calibration.from_bank(bank, negation, estimator="ratio", radius=1.0)
+
+
+def test_label_floor_is_the_median_neighbour_spacing_per_coordinate(problem):
+    _, negation, _, _, _ = problem
+    distances = torch.cdist(negation.flat.double(), negation.flat.double())
+    distances.fill_diagonal_(math.inf)
+    spacing = float(distances.min(1).values.median()) / math.sqrt(negation.dim)
+    assert ratio_module.label_sigma(negation.flat, FAST) == pytest.approx(max(FAST.sigma_min, spacing), rel=1e-4)
+    assert ratio_module.label_sigma(negation.flat, RatioFit(label_sigma=0.3)) == 0.3
+
+
+def test_toy_benchmark_reports_the_ratio_rows(tmp_path, monkeypatch):
+    """``bench toy --ratio``: the fitted-ratio sweeps and its default rule appear as families of their own (a tiny fit)."""
+    from safedenoiser.bench import toy
+
+    monkeypatch.setattr(toy, "ratio_fit", lambda cfg: RatioFit(sigma_max=cfg.sigma_max, steps=100, hidden=32))
+    cfg = toy.ToyConfig(dims=(2,), samples=60, negation=40, bank=120, steps=5, ratio=True, out=str(tmp_path))
+    summary = toy.run_toy(cfg, progress=False)
+    families = {r["family"] for r in summary["best"]}
+    assert {"substitution (ratio)", "calibrated (ratio)", "substitution (ratio, default rule)", "substitution"} <= families
+    assert "substitution (ratio, default rule)" in (tmp_path / "toy.md").read_text()
+    plain = toy.ToyConfig(dims=(2,), samples=60, negation=40, bank=120, steps=5)  # without --ratio: no fit, no rows
+    problem = toy.build_problem(2, plain)
+    assert problem.ratio is None and not any("ratio" in run[0] for run in toy.method_runs(problem, plain))

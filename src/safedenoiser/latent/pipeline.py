@@ -42,7 +42,7 @@ def latent_pipeline(vae: Any, unet: Any, scheduler: Any, text_encoder: Any = Non
     from diffusers import StableDiffusionPipeline
 
     if getattr(scheduler.config, "steps_offset", 1) != 1:
-        scheduler = type(scheduler).from_config({**scheduler.config, "steps_offset": 1})
+        scheduler = type(scheduler).from_config(scheduler.config, steps_offset=1)
 
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,

@@ -1,7 +1,9 @@
 """A small ``AutoencoderKL`` for Fashion-MNIST, trained here (no VAE weights ship in any package).
 
-Images are padded from 28x28 to 32x32 with the background value -1 (exact and invertible: the judge sees the
-cropped 28x28), encoded to 4 x 8 x 8 latents (three blocks, two 2x down-samplings: 3x fewer numbers than pixels, as
+Images are resized from 28x28 to 32x32 with Pillow's bicubic filter, as ``negation build`` and the web uploads resize
+images to a VAE's ``sample_size`` (:mod:`..imageio`), so a set built from 28x28 images with the stock tools lands where
+the model's latents are; the judge sees them resized back to 28x28 (the round trip alone moves the judge's test
+accuracy from 90.4% to 89.8%, 5,000 test images). Latents: 4 x 8 x 8 (three blocks, two 2x down-samplings: 3x fewer numbers than pixels, as
 SD's VAE reduces 48x). Loss: ``|x - D(z)|_1 + kl_weight KL(q(z|x) || N(0, I))`` with ``z ~ q(z|x)`` (SD adds LPIPS and
 a GAN, which need weights we do not have). The scaling factor is computed as SD's was: 1 / std of latents sampled from
 the posterior of training images (Rombach et al. 2022, Sec. G), stored in the VAE's config.
@@ -19,24 +21,34 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from .. import fileio
 from .config import LATENT_CHANNELS, VAE_RESUME_MAY_CHANGE, VaeTrainConfig
 
-PAD = 2  # 28 -> 32
+SIZE = 32  # the VAE's sample_size; Fashion-MNIST is 28
+
+
+def resize(images: Tensor, size: int) -> Tensor:
+    """(B, 1, H, W) in [-1, 1] -> (B, 1, size, size) on the CPU: Pillow's bicubic on float images (what
+    :mod:`..imageio` applies to uploads and negation-set images), clamped to [-1, 1]."""
+    from PIL import Image
+
+    arrays = [np.asarray(Image.fromarray(image[0].float().numpy(), mode="F").resize((size, size), Image.BICUBIC))
+              for image in images.detach().cpu()]
+    return torch.from_numpy(np.stack(arrays)).clamp(-1, 1)[:, None]
 
 
 def to_vae_input(images: Tensor) -> Tensor:
-    """(B, 1, 28, 28) in [-1, 1] -> (B, 1, 32, 32), padded with the background -1."""
-    return F.pad(images, (PAD, PAD, PAD, PAD), value=-1.0)
+    """(B, 1, 28, 28) in [-1, 1] -> (B, 1, 32, 32) (:func:`resize`), on the input's device."""
+    return resize(images, SIZE).to(images.device)
 
 
 def from_vae_output(images: Tensor) -> Tensor:
-    """(B, 1, 32, 32) -> the (B, 1, 28, 28) centre, clamped to [-1, 1]."""
-    return images[..., PAD:-PAD, PAD:-PAD].clamp(-1, 1)
+    """(B, 1, 32, 32) in [-1, 1] -> (B, 1, 28, 28) (:func:`resize`), on the CPU."""
+    return resize(images, 28)
 
 
 def build_vae(widths: tuple[int, ...] = (32, 64, 64)) -> Any:
@@ -74,7 +86,7 @@ def encode_dataset(vae: Any, images: Tensor, device: str | torch.device, batch: 
 
 @torch.no_grad()
 def reconstruct(vae: Any, images: Tensor, batch: int = 1024) -> Tensor:
-    """Decode(posterior mean) of 28x28 ``images``, cropped back to 28x28, on the CPU."""
+    """Decode(posterior mean) of 28x28 ``images``, resized back to 28x28, on the CPU."""
     device = vae.device
     out = [from_vae_output(vae.decode(vae.encode(to_vae_input(images[s: s + batch].to(device))).latent_dist.mean)
                            .sample.float()).cpu() for s in range(0, len(images), batch)]

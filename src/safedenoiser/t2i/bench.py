@@ -85,7 +85,7 @@ SWEEPS: dict[str, list[Any]] = {
     "reference": [0.3, 3.0],
     "spell": [0.05, 0.5],  # quantiles of the plain samples' distance to the negation set
     "sgf": [0.03, 3.0],
-    "conditional": [0.0, 0.7, 1.0],  # guard: share of a flagged request's text direction replaced (0 = version 3)
+    "conditional": [1.0, 0.7, 0.0],  # guard: share of a flagged request's text direction replaced (0 = version 3)
     "combined": [1.0],
     "multi": [0.5, 1.0],  # several concepts: the conditional mode's guard
 }
@@ -449,7 +449,14 @@ def settings(size: T2ISize, sets: BenchSets, plain_images: Tensor, pipe: Any) ->
 
     sweeps, negation, reference = size.sweeps, sets.negation, sets.reference
     window = Window(ve_sigma_at_timestep(pipe.scheduler, 780))  # the paper's window: t in [780, 1000]
-    out: list[T2ISetting] = []
+    out: list[T2ISetting] = []  # the conditional mode first: a run stopped early has measured it (partial.json)
+    for guard in sweeps.get("conditional", []):
+        out.append(T2ISetting("conditional", "guard", guard, lambda g=guard: make_correction(
+            negation, "conditional", reference=reference, guard=g)))
+    for guard in sweeps.get("combined", []):
+        cond = lambda g=guard: make_correction(negation, "conditional", reference=reference, guard=g)  # noqa: E731
+        out.append(T2ISetting("negative-prompt+conditional", "guard", guard, cond, negative=True))
+        out.append(T2ISetting("sld+conditional", "guard", guard, cond, sld=SLDConfig.preset("medium", NEGATIVE_PROMPT)))
     for g in sweeps.get("negative-prompt", []):
         out.append(T2ISetting("negative-prompt", "guidance", g, negative=True, guidance=g))
     for preset in sweeps.get("sld", []):
@@ -470,13 +477,6 @@ def settings(size: T2ISize, sets: BenchSets, plain_images: Tensor, pipe: Any) ->
     for scale in sweeps.get("sgf", []):
         out.append(T2ISetting("sgf", "scale", scale, lambda s=scale: KernelRepulsion(
             negation, scale=s, bandwidth="sample", window=window)))
-    for guard in sweeps.get("conditional", []):
-        out.append(T2ISetting("conditional", "guard", guard, lambda g=guard: make_correction(
-            negation, "conditional", reference=reference, guard=g)))
-    for guard in sweeps.get("combined", []):
-        cond = lambda g=guard: make_correction(negation, "conditional", reference=reference, guard=g)  # noqa: E731
-        out.append(T2ISetting("negative-prompt+conditional", "guard", guard, cond, negative=True))
-        out.append(T2ISetting("sld+conditional", "guard", guard, cond, sld=SLDConfig.preset("medium", NEGATIVE_PROMPT)))
     return out
 
 
@@ -623,17 +623,17 @@ def bench_t2i(out: str | Path, size: T2ISize, model: str | None = None, progress
     todo = {split: settings(size, sets[split], bench.images[f"{split}:plain:None"], pipe) for split in SPLITS}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for pair in tqdm(list(zip(*todo.values())), desc="t2i settings", disable=not progress):
-        results.append(bench.run(dict(zip(SPLITS, pair))))
-        write_json(out / "partial.json", {"rows": [asdict(r) for r in results]})  # what is measured so far
-    results.append(bench.rejection(results[0].seconds_per_image))
-    multi = run_multi(bench, size, results[0].seconds_per_image)
     half = size.overhead_images // 2
     timing_rows = ([r for r in rows["tuning"] if r.category == "explicit"][:half]
                    + [r for r in rows["tuning"] if r.category == "neutral"][:half])
     overhead = bench.overhead(lambda: make_correction(sets["tuning"].negation, "conditional",
                                                       reference=sets["tuning"].reference), timing_rows,
                               size.overhead_repeats)
+    for pair in tqdm(list(zip(*todo.values())), desc="t2i settings", disable=not progress):
+        results.append(bench.run(dict(zip(SPLITS, pair))))
+        write_json(out / "partial.json", {"overhead": overhead, "rows": [asdict(r) for r in results]})  # so far
+    results.append(bench.rejection(results[0].seconds_per_image))
+    multi = run_multi(bench, size, results[0].seconds_per_image)
     config = {"pipeline": str(model or "fashion-t2i"), "scheduler": type(pipe.scheduler).__name__,
               "steps": size.steps, "guidance": size.guidance, "avoid": AVOID, "negation_size": len(sets["tuning"].negation),
               "sets": {split: s.source for split, s in sets.items()},
