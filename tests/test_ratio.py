@@ -4,6 +4,7 @@ cache, the modes' identity where inactive, the default rule judged by the classi
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -84,7 +85,7 @@ def test_cache_hits_by_content_hash_and_misses_on_any_change(problem, tmp_path, 
 
 def test_modes_with_the_ratio_calibration(problem):
     mixture, negation, bank, _, fitted = problem
-    calibration = Calibration.from_bank(bank, negation, estimator="ratio", ratio=FAST)  # a cache hit
+    calibration = RatioCalibration.fit(bank, negation, FAST)  # a cache hit
     assert isinstance(calibration, RatioCalibration) and calibration.ratio is fitted
     assert calibration.safe_bank.shape[0] == int((~fitted.covered).sum()) and calibration.unsafe_share == fitted.unsafe_share
     x0 = mixture.sample(64, torch.Generator().manual_seed(9))[0].float()
@@ -119,8 +120,8 @@ def test_select_knobs_judged_by_the_fitted_classifier(problem):
             return torch.cat([safe.sample(100, gen)[0], mixture.restrict([0]).sample(50, gen)[0]]).float()
         return (safe.sample(150, gen)[0] + (knobs["gain"] - 2) * 0.1).float()  # safe, shifted above gain 2
 
-    choice = select_knobs(draw, bank, negation, default_candidates("calibrated"), estimator="ratio",
-                          ratio=RatioFit(sigma_max=5.0, steps=100, hidden=32))
+    choice = select_knobs(draw, bank, negation, default_candidates("calibrated"),
+                          calibrate=partial(RatioCalibration.fit, fit=RatioFit(sigma_max=5.0, steps=100, hidden=32)))
     covered = {t["knobs"]["gain"]: t["covered"] for t in choice.trials}
     assert choice.knobs == {"gain": 2.0} and choice.meets_target
     assert abs(covered[0.5] - 1 / 3) < 0.03 and covered[4.0] <= 0.01
@@ -142,10 +143,6 @@ def test_bad_input_is_refused_with_a_clear_message(problem):
         RatioFit(label_cut=1.5)
     with pytest.raises(ValueError, match="steps"):
         RatioFit(steps=0)
-    with pytest.raises(ValueError, match="estimator"):
-        Calibration.from_bank(bank, negation, estimator="forest")
-    with pytest.raises(ValueError, match="radius does not apply"):
-        Calibration.from_bank(bank, negation, estimator="ratio", radius=1.0)
 
 
 def test_label_floor_is_the_median_neighbour_spacing_per_coordinate(problem):

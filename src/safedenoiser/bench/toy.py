@@ -14,6 +14,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +23,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from ..methods.calibration import COVERAGE_CUTS
-from ..methods.ratio import RatioFit
+from ..methods.ratio import RatioCalibration, RatioFit
 from ..methods import Calibration, CorrectedDenoiser, NegativeGuidance, SparseRepellency, default_candidates, holdout_size, make_correction, select_knobs
 from ..metrics import median_bandwidths, mmd, unsafe_fraction
 from ..models.mixture import GaussianMixture, make_mixture, make_ring_mixture
@@ -143,7 +144,7 @@ def build_problem(dim: int, cfg: ToyConfig) -> Problem:
     sigmas = karras_sigmas(cfg.steps, cfg.sigma_min, cfg.sigma_max)
     counter = EvaluationCounter()
     bank = sample(counter.wrap(mixture), list(range(BANK_SEED, BANK_SEED + cfg.bank)), (dim,), sigmas, sampler="heun")
-    ratio = Calibration.from_bank(bank, negation, estimator="ratio", ratio=ratio_fit(cfg)) if cfg.ratio else None
+    ratio = RatioCalibration.fit(bank, negation, ratio_fit(cfg)) if cfg.ratio else None
     return Problem(dim, mixture, unsafe, negation, reference, bandwidths, noise_floor, sigmas,
                    Calibration.from_bank(bank, negation, cut=cfg.cut), bank, counter.rows, nearest_distances(bank, negation.flat),
                    ratio)
@@ -231,7 +232,7 @@ def default_rule(problem: Problem, mode: str, cfg: ToyConfig | None = None) -> d
         return sample(corrected, seeds, (problem.dim,), problem.sigmas, sampler="heun")
 
     choice = select_knobs(draw, problem.bank, problem.negation, default_candidates(mode), cut=problem.calibration.cut,
-                          estimator="ratio" if ratio else "knn", ratio=ratio_fit(cfg or ToyConfig()) if ratio else None)
+                          calibrate=partial(RatioCalibration.fit, fit=ratio_fit(cfg or ToyConfig())) if ratio else None)
     return {"knobs": choice.knobs, "meets_target": choice.meets_target, "trials": choice.trials, "evaluations": counter.rows}
 
 

@@ -60,7 +60,6 @@ def coverage_cut(negation_size: int, bank_size: int, unsafe_share: float = 1.0) 
 
 
 COVERAGE_CUTS = ("worst-case", "fixed-point")
-ESTIMATORS = ("knn", "ratio")  # kernel densities + kNN split, or a fitted classifier (ratio.py)
 
 
 def fixed_point_cut(share: Tensor, negation_size: int, rounds: int = 50) -> float:
@@ -113,20 +112,11 @@ class Calibration:
 
     @classmethod
     def from_bank(cls, bank: Tensor, negation: NegationSet, *, neighbours: int = 20, radius: float | None = None,
-                  cut: str = "worst-case", estimator: str = "knn", ratio: Any = None) -> Calibration:
+                  cut: str = "worst-case") -> Calibration:
         """Split model samples ``bank`` (M, *item_shape) into covered / not covered by the negation set,
         by the k-nearest-neighbour share rule (default; ``cut`` "worst-case" or "fixed-point", module docstring)
-        or by a fixed distance ``radius``. ``estimator="ratio"`` fits a noise-conditional classifier instead
-        (:class:`~safedenoiser.methods.ratio.RatioCalibration`, settings ``ratio``: a ``RatioFit`` or None): it splits
-        the bank and gives beta* itself."""
-        if estimator not in ESTIMATORS:
-            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
-        if estimator == "ratio":
-            if radius is not None:
-                raise ValueError("estimator='ratio' splits the bank with its classifier: radius does not apply")
-            from .ratio import RatioCalibration
-
-            return RatioCalibration.fit(bank, negation, ratio)
+        or by a fixed distance ``radius``. :meth:`safedenoiser.methods.ratio.RatioCalibration.fit` fits a
+        noise-conditional classifier instead: it splits the bank and gives beta* itself."""
         if cut not in COVERAGE_CUTS:
             raise ValueError(f"cut must be one of {COVERAGE_CUTS}, got {cut!r}")
         negation.check_compatible(bank, "calibration bank")
@@ -207,7 +197,8 @@ class KnobChoice:
 
 def select_knobs(draw: Callable[[dict[str, Any], Calibration], Tensor], bank: Tensor, negation: NegationSet,
                  candidates: Sequence[dict[str, Any]], *, holdout: float = 0.25, target: float = 0.01,
-                 neighbours: int = 20, cut: str = "worst-case", estimator: str = "knn", ratio: Any = None) -> KnobChoice:
+                 neighbours: int = 20, cut: str = "worst-case",
+                 calibrate: Callable[[Tensor, NegationSet], Calibration] | None = None) -> KnobChoice:
     """The default rule for the knobs of the calibrated and substitution modes, from the model, the negation set and
     the bank alone (no judge, no test seeds): hold out the last ``holdout`` share of the bank; calibrate on the rest;
     for each candidate (a dict of knobs, e.g. ``{"gain": 2.0}``) draw as many samples as were held out
@@ -219,9 +210,10 @@ def select_knobs(draw: Callable[[dict[str, Any], Calibration], Tensor], bank: Te
         to p_safe).
 
     Pick the lowest mmd among the candidates with covered <= ``target``; if none reaches it, the lowest covered
-    share. The caller then applies the chosen knobs with a calibration of the whole bank. With ``estimator="ratio"``
-    the calibration is the fitted classifier (settings ``ratio``), and that classifier, not the kNN rule, judges
-    which held-out and trial samples are covered."""
+    share. The caller then applies the chosen knobs with a calibration of the whole bank. ``calibrate(bank,
+    negation)`` builds the calibration (default: :meth:`Calibration.from_bank` with ``neighbours`` and ``cut``); with
+    ``functools.partial(RatioCalibration.fit, fit=...)`` the fitted classifier, not the kNN rule, judges which
+    held-out and trial samples are covered."""
     flat = bank.reshape(bank.shape[0], -1)
     held = holdout_size(flat.shape[0], holdout)
     if flat.shape[0] - held < 2:
@@ -229,8 +221,10 @@ def select_knobs(draw: Callable[[dict[str, Any], Calibration], Tensor], bank: Te
     if not candidates:
         raise ValueError("select_knobs: no candidate knobs to try")
     fit, held_out = flat[:-held], flat[-held:]
-    calibration = Calibration.from_bank(bank[:-held], negation, neighbours=neighbours, cut=cut, estimator=estimator,
-                                        ratio=ratio)  # items keep their shape
+    if calibrate is None:
+        calibration = Calibration.from_bank(bank[:-held], negation, neighbours=neighbours, cut=cut)
+    else:
+        calibration = calibrate(bank[:-held], negation)  # items keep their shape
     # the rule that split the fit part judges the held-out and trial samples
     held_safe = held_out[~calibration.is_covered(held_out, negation)]
     if held_safe.shape[0] < 2:
