@@ -7,7 +7,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from ..argtypes import add_config_flags, given_config_values, positive_int
+from ..argtypes import add_config_flags, add_threads_option, given_config_values, positive_int
 from ..t2i.train_flags import TEXT_ONLY_FLAGS, add_text_train_flags
 from .config import TRAIN_FLAGS, TrainConfig
 
@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument("--out", default="runs/demo",
                    help="output folder (the committed results were written with --out results/demo)")
     d.add_argument("--quick", action="store_true", help="tiny smoke-test size")
-    d.add_argument("--threads", type=positive_int, default=2)
+    add_threads_option(d)
     d.set_defaults(run=run_demo)
 
 

@@ -16,6 +16,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -223,3 +224,61 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             break
     bar.close()
     return out / "model.safetensors"
+
+
+class TrainStateError(ValueError):
+    """A state.pt that cannot be read, or one from another configuration."""
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: cuda when available, else cpu; ``cuda`` without a GPU is an error naming the option."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def load_train_state(path: Path, config: dict[str, Any], may_change: Sequence[str],
+                     defaults: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A training state (tensors, numbers and strings only: ``weights_only=True``, on the CPU) whose recorded
+    ``config`` equals ``config`` except for the keys in ``may_change`` (``defaults``: values of keys that older states
+    lack); anything else is refused in one line naming the settings."""
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # a truncated file or one holding objects other than tensors and plain data
+        raise TrainStateError(f"cannot read the training state {path} ({type(err).__name__}: {err}); "
+                              "delete it to start over, or use another --out folder") from err
+    saved = {**(defaults or {}), **state.get("config", {})}
+    changed = [k for k in config if k not in may_change and saved.get(k) != config[k]]
+    if changed:
+        was = ", ".join(f"{k}={saved.get(k)!r}" for k in changed)
+        now = ", ".join(f"{k}={config[k]!r}" for k in changed)
+        raise TrainStateError(f"{path} was trained with {was}, not {now}; resume with the same settings or use a "
+                              "new --out folder")
+    return state
+
+
+def restore_training(state: dict[str, Any] | None, model: Any, ema: Any, opt: Any, gen: torch.Generator,
+                     seed: int) -> tuple[int, float, float, list]:
+    """Load a state (:func:`load_train_state`) into the model, EMA, optimiser and data generator; returns (step, wall
+    time, loss EMA, history), or the values of a fresh start without a state. A generator state of another device
+    cannot be set: the data order then continues from ``seed + 1 + step``."""
+    if state is None:
+        return 0, 0.0, float("nan"), []
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["opt"])
+    step = int(state["step"])
+    try:
+        gen.set_state(state["rng"])
+    except (RuntimeError, ValueError):
+        gen.manual_seed(seed + 1 + step)
+    return step, float(state["wall"]), float(state["loss_avg"]), json.loads(state["history"])
+
+
+def plain_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A dataclass dict as JSON / state.pt stores it (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}

@@ -123,8 +123,7 @@ def train_vae(cfg: VaeTrainConfig, progress: bool = True) -> Path:
     factor and ``training.json``) and returns it."""
     from ..images.common import save_grid
     from ..images.data import load_data
-    from ..images.train import TrainClock, optimise
-    from ..t2i.train import load_train_state, plain_config, resolve_device, restore_training
+    from ..images.train import TrainClock, load_train_state, optimise, plain_config, resolve_device, restore_training
 
     if min(cfg.steps, cfg.batch_size, cfg.checkpoint_every) < 1 or not (math.isfinite(cfg.lr) and cfg.lr > 0) \
             or min(cfg.scale_samples, cfg.eval_images) < 2:

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from ..argtypes import device, float_in, positive_int
+from ..argtypes import add_threads_option, device, float_in, positive_int
 
 DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 
@@ -44,6 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     build.add_argument("--background", type=float_in(-1.0, 1.0), default=-1.0,
                        help="value in [-1, 1] that transparent pixels are composited on (default -1: black, the "
                             "background of Fashion-MNIST-style data; 1 is white)")
+    add_threads_option(build)
     build.set_defaults(run=run_build)
 
     ev = subparsers.add_parser("evaluate", help="NudeNet ASR and CLIP score of a generate output folder")

@@ -173,6 +173,7 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32", sched
     that cannot be fetched gives one line naming it."""
     import diffusers
 
+    from ..latent.pipeline import missing_text_components
     from ..t2i.pipeline import SHIPPED_NAME, FashionTextPipeline, is_text_pipeline_folder, shipped_pipeline_path
 
     quiet_third_party()
@@ -180,7 +181,7 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32", sched
         model = str(shipped_pipeline_path())
     loader = FashionTextPipeline if is_text_pipeline_folder(model) else diffusers.DiffusionPipeline
     try:
-        pipe = loader.from_pretrained(model, torch_dtype=_dtype(dtype))
+        pipe = loader.from_pretrained(model, torch_dtype=_dtype(dtype), **missing_text_components(model))
     except (OSError, ValueError) as err:
         if not Path(model).exists():
             reason = _offline_reason(err) or " ".join(str(err).split())[:200]

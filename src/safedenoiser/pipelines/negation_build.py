@@ -384,7 +384,7 @@ def build_from_folder(model: str | Path, images: str | Path | Sequence[str | Pat
         encode, space, meta = (lambda images: images.float()), "pixels", pixel_metadata(model, pixel)
     else:
         vae = vae if vae is not None else load_vae(model, device, dtype)
-        size, mode = int(resolution or vae.config.sample_size), "RGB"
+        size, mode = int(resolution or vae.config.sample_size), _image_mode(int(vae.config.in_channels))
         encode, space, meta = vae_encoder(vae, device), "vae latents", vae_metadata(vae, str(model))
     notes = shape_warnings(paths, size) if rank == 0 else []
     for line in notes if log is not None else []:
@@ -426,7 +426,12 @@ def _pixel_size_and_mode(pixel: dict[str, Any], resolution: int | None) -> tuple
     size = pixel["sample_size"]
     if resolution is not None and int(resolution) != size:
         raise NegationSetError(f"--resolution {resolution}: this pipeline works on pixels at {size}x{size} only")
-    mode = {1: "L", 3: "RGB"}.get(pixel["channels"])
+    return size, _image_mode(pixel["channels"])
+
+
+def _image_mode(channels: int) -> str:
+    """Pillow mode of the images a model with ``channels`` input channels reads: grey (1) or RGB (3)."""
+    mode = {1: "L", 3: "RGB"}.get(channels)
     if mode is None:
-        raise NegationSetError(f"pixel-space pipelines with {pixel['channels']} channels are not supported (1 or 3)")
-    return size, mode
+        raise NegationSetError(f"models with {channels} image channels are not supported (1 or 3)")
+    return mode

@@ -7,7 +7,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..argtypes import finite_float, float_in, positive_int
+from ..argtypes import add_threads_option, finite_float, float_in, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--quick", action="store_true", help="smoke-test size (< 1 minute)")
     bench.add_argument("--out", default="results/t2i", help="results folder")
     bench.add_argument("--model", default=None, help="a saved FashionTextPipeline folder (default: the shipped one)")
-    bench.add_argument("--threads", type=positive_int, default=2)
+    add_threads_option(bench)
     bench.set_defaults(run=run_bench)
 
 
@@ -48,7 +48,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-rate", type=float_in(0.0, 1.0), default=0.5, help="keep candidates drawn this often")
     parser.add_argument("--guidance", type=finite_float, default=3.0)
     parser.add_argument("--steps", type=positive_int, default=20)
-    parser.add_argument("--threads", type=positive_int, default=2)
+    add_threads_option(parser)
 
 
 def _search(args: argparse.Namespace):

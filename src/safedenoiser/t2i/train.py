@@ -24,7 +24,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
@@ -32,7 +32,8 @@ from torch import Tensor
 from .. import fileio
 from ..images.common import save_grid
 from ..images.data import FASHION_CLASSES, load_data
-from ..images.train import TrainClock, optimise
+from ..images.train import (TrainClock, TrainStateError, load_train_state, optimise, plain_config, resolve_device,  # noqa: F401
+                            restore_training)
 from ..models.conversions import v_from_eps_x0
 from .captions import held_out_captions, training_captions
 from .text import cached_caption_embeddings
@@ -68,10 +69,6 @@ class TextTrainConfig:
 RESUME_MAY_CHANGE = ("out", "steps", "checkpoint_every", "eval_every", "plateau", "time_limit_min", "threads",
                      "device", "precision", "command")
 CAPTION_CACHE = "captions.safetensors"
-
-
-class TrainStateError(ValueError):
-    """A state.pt that cannot be read, or one from another configuration."""
 
 
 def caption_table() -> tuple[list[str], torch.Tensor]:
@@ -140,17 +137,6 @@ def text_sample_quality(draw: Draw, judge: Any, reference: Any, table: dict[str,
     return result, samples_
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto``: cuda when available, else cpu; ``cuda`` without a GPU is an error naming the option."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: no CUDA device is available here (use --device cpu or auto)")
-    if name not in ("cpu", "cuda"):
-        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return torch.device(name)
-
-
 def check_text_config(cfg: TextTrainConfig) -> None:
     """Refuse values that would train nothing or crash later, naming the option."""
     checks = [("steps", cfg.steps >= 1), ("batch_size", cfg.batch_size >= 1),
@@ -165,44 +151,6 @@ def check_text_config(cfg: TextTrainConfig) -> None:
             raise ValueError(f"invalid training option {name}={getattr(cfg, name)!r}")
     if cfg.plateau and not cfg.eval_every:
         raise ValueError("plateau stopping needs an FD curve: give eval_every > 0")
-
-
-def load_train_state(path: Path, config: dict[str, Any], may_change: Sequence[str],
-                     defaults: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A training state (tensors, numbers and strings only: ``weights_only=True``, on the CPU) whose recorded
-    ``config`` equals ``config`` except for the keys in ``may_change`` (``defaults``: values of keys that older states
-    lack); anything else is refused in one line naming the settings."""
-    try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as err:  # a truncated file or one holding objects other than tensors and plain data
-        raise TrainStateError(f"cannot read the training state {path} ({type(err).__name__}: {err}); "
-                              "delete it to start over, or use another --out folder") from err
-    saved = {**(defaults or {}), **state.get("config", {})}
-    changed = [k for k in config if k not in may_change and saved.get(k) != config[k]]
-    if changed:
-        was = ", ".join(f"{k}={saved.get(k)!r}" for k in changed)
-        now = ", ".join(f"{k}={config[k]!r}" for k in changed)
-        raise TrainStateError(f"{path} was trained with {was}, not {now}; resume with the same settings or use a "
-                              "new --out folder")
-    return state
-
-
-def restore_training(state: dict[str, Any] | None, model: Any, ema: Any, opt: Any, gen: torch.Generator,
-                     seed: int) -> tuple[int, float, float, list]:
-    """Load a state (:func:`load_train_state`) into the model, EMA, optimiser and data generator; returns (step, wall
-    time, loss EMA, history), or the values of a fresh start without a state. A generator state of another device
-    cannot be set: the data order then continues from ``seed + 1 + step``."""
-    if state is None:
-        return 0, 0.0, float("nan"), []
-    model.load_state_dict(state["model"])
-    ema.load_state_dict(state["ema"])
-    opt.load_state_dict(state["opt"])
-    step = int(state["step"])
-    try:
-        gen.set_state(state["rng"])
-    except (RuntimeError, ValueError):
-        gen.manual_seed(seed + 1 + step)
-    return step, float(state["wall"]), float(state["loss_avg"]), json.loads(state["history"])
 
 
 class _Space:
@@ -372,11 +320,6 @@ def train_text(cfg: TextTrainConfig, progress: bool = True) -> Path:
                                                                 "history": history,
                                                                 "config": config}, indent=2))
     return export
-
-
-def plain_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A dataclass dict as JSON / state.pt stores it (tuples as lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in config.items()}
 
 
 def run_text_training(args: Any, command: str) -> int:
