@@ -65,7 +65,7 @@ def test_negation_build_cli_reports_and_matches(model_dir, pipe, image_folder, t
     with torch.no_grad():
         expected = pipe.vae.encode(first).latent_dist.mean * pipe.vae.config.scaling_factor
     torch.testing.assert_close(neg.data[:1], expected, rtol=1e-5, atol=1e-5)
-    attach_safe_denoiser(pipe, neg).detach()  # matches the pipeline it came from
+    attach_safe_denoiser(pipe, neg, "paper").detach()  # matches the pipeline it came from
     assert not out.with_name(out.name + ".parts").exists()
     assert main(["negation", "build", "--model", str(model_dir), "--images", str(image_folder), "--out",
                  str(tmp_path / "strict.safetensors"), "--strict"]) == 2

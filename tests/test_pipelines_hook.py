@@ -41,7 +41,7 @@ def negation():
 def test_off_is_bit_identical_and_on_changes(sd, negation, name):
     with_scheduler(sd, name)
     plain = run(sd, guidance=3.0)
-    with attach_safe_denoiser(sd, negation, eta=0.0):
+    with attach_safe_denoiser(sd, negation, "paper", eta=0.0):
         assert torch.equal(run(sd, guidance=3.0), plain)
     if name == SCHEDULERS[0]:  # an empty window is the same identity path as eta = 0
         with attach_safe_denoiser(sd, negation, window=Window.never(), **ON):
@@ -57,7 +57,7 @@ def test_off_is_bit_identical_and_on_changes(sd, negation, name):
 
 def test_sd3_flow_off_is_bit_identical(sd3, negation):
     plain = run(sd3, guidance=3.0)
-    with attach_safe_denoiser(sd3, negation, eta=0.0):
+    with attach_safe_denoiser(sd3, negation, "paper", eta=0.0):
         assert torch.equal(run(sd3, guidance=3.0), plain)
     with attach_safe_denoiser(sd3, negation, **ON):
         assert not torch.equal(run(sd3, guidance=3.0), plain)
@@ -136,7 +136,7 @@ def test_guidance_rescale_and_churn_are_refused(sd, negation):
 def test_negation_of_wrong_shape_or_vae_is_refused(sd, negation):
     with_scheduler(sd, "DDIMScheduler")
     wrong = NegationSet(torch.randn(5, 4, 16, 16))
-    with attach_safe_denoiser(sd, wrong, eta=1.0):
+    with attach_safe_denoiser(sd, wrong, "paper", eta=1.0):
         with pytest.raises(NegationSetError, match=r"\(4, 16, 16\).*\(4, 8, 8\).*32x32 vs 16x16"):
             run(sd)
     other = NegationSet(negation.data, metadata=vae_metadata(tiny_vae(seed=7), "other/vae"))
@@ -147,7 +147,7 @@ def test_negation_of_wrong_shape_or_vae_is_refused(sd, negation):
         attach_safe_denoiser(sd, scaled)
     same = NegationSet(negation.data, metadata=vae_metadata(sd.vae.to(torch.float16), "same"))
     sd.vae.to(torch.float32)
-    attach_safe_denoiser(sd, same).detach()  # a float16 copy of the same VAE matches
+    attach_safe_denoiser(sd, same, "paper").detach()  # a float16 copy of the same VAE matches
 
 
 def test_img2img_negative_prompt_and_sld(sd, negation):
@@ -159,7 +159,7 @@ def test_img2img_negative_prompt_and_sld(sd, negation):
     img2img.set_progress_bar_config(disable=True)
     kwargs = {"image": image, "strength": 0.6, "negative_prompt": "blurry"}
     plain = run(img2img, guidance=3.0, **kwargs)
-    with attach_safe_denoiser(img2img, negation, eta=0.0):
+    with attach_safe_denoiser(img2img, negation, "paper", eta=0.0):
         assert torch.equal(run(img2img, guidance=3.0, **kwargs), plain)
     with attach_safe_denoiser(img2img, negation, **ON):
         assert not torch.equal(run(img2img, guidance=3.0, **kwargs), plain)
@@ -168,8 +168,37 @@ def test_img2img_negative_prompt_and_sld(sd, negation):
     safe.set_progress_bar_config(disable=True)
     sld = {"sld_guidance_scale": 100, "sld_warmup_steps": 0, "output_type": "pt"}
     plain = run(safe, guidance=3.0, **sld)
-    with attach_safe_denoiser(safe, negation, eta=0.0):
+    with attach_safe_denoiser(safe, negation, "paper", eta=0.0):
         assert torch.equal(run(safe, guidance=3.0, **sld), plain)
     with attach_safe_denoiser(safe, negation, **ON) as handle:
         assert not torch.equal(run(safe, guidance=3.0, **sld), plain)
         assert handle.trace[0]["active"].shape == (3,)  # unconditional, prompt and safety-concept branches
+
+
+def test_default_mode_is_conditional_with_a_derived_reference(sd, negation, tmp_path, monkeypatch):
+    """``attach_safe_denoiser(pipe, negation)`` alone: the conditional mode, its reference set derived from the
+    pipeline's own samples and cached beside a negation file (a second attach reads the cache: no sampling)."""
+    from safedenoiser.methods.conditional import ConditionalCorrection
+    from safedenoiser.pipelines import reference as reference_module
+
+    with_scheduler(sd, "DDIMScheduler")
+    monkeypatch.setattr(reference_module, "DERIVED_SAMPLES", 6)
+    real_derive, calls = reference_module.derive_reference, []
+
+    def small_derive(pipe, negation, **kwargs):
+        calls.append(kwargs)
+        return real_derive(pipe, negation, **{**kwargs, "samples": 6, "steps": 2, "batch_size": 3, "progress": False})
+
+    monkeypatch.setattr(reference_module, "derive_reference", small_derive)
+    negation = NegationSet(negation.data + 100.0)  # far from every sample: none of them is covered
+    path = tmp_path / "unsafe.safetensors"
+    negation.save(path)
+    with attach_safe_denoiser(sd, path) as handle:
+        assert isinstance(handle.correction, ConditionalCorrection)
+        assert handle.correction.reference.metadata["derived"]["negation_hash"] == negation.content_hash
+    assert len(calls) == 1 and len(list(tmp_path.glob("unsafe.reference-*.safetensors"))) == 1
+    with attach_safe_denoiser(sd, path):
+        pass
+    assert len(calls) == 1  # the cached set
+    with pytest.raises(ValueError, match="eta"):
+        attach_safe_denoiser(sd, negation, eta=1.0, reference=handle.correction.reference)  # a paper knob

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from ..negation import NegationSet
@@ -24,7 +25,27 @@ def make_correction(negation: NegationSet, mode: str = "paper", **knobs: Any) ->
     back. ``conditional`` needs ``reference=ReferenceSet(...)``, ``calibrated`` / ``substitution`` a ``calibration``."""
     if mode not in MODE_CLASSES:
         raise ValueError(f"unknown safe-denoiser mode {mode!r}; choose one of {MODES}")
+    foreign = sorted(set(knobs) - accepted_knobs(MODE_CLASSES[mode]))
+    if foreign:
+        owners = sorted(m for m, cls in MODE_CLASSES.items() if set(foreign) <= accepted_knobs(cls))
+        hint = f" (they belong to mode {', '.join(owners)})" if owners else ""
+        raise ValueError(f"mode {mode!r} does not take {', '.join(foreign)}{hint}; its knobs: "
+                         f"{', '.join(sorted(accepted_knobs(MODE_CLASSES[mode])))}")
     return MODE_CLASSES[mode](negation, **knobs)
+
+
+def accepted_knobs(cls: type) -> set[str]:
+    """Keyword arguments the constructor of ``cls`` accepts, following ``**kwargs`` up its base classes."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+        if not any(p.kind is p.VAR_KEYWORD for p in params):
+            break
+    return names - {"self", "negation"}
 
 
 def safe_denoiser(denoiser: Any, negation: NegationSet, mode: str = "paper", **knobs: Any) -> CorrectedDenoiser:
