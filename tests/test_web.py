@@ -171,3 +171,35 @@ def test_the_page_queues_requests_one_at_a_time():
     app = build_app(shared_engine())
     assert app._queue.default_concurrency_limit == 1 and app._queue.max_size == 32
     assert app.analytics_enabled is False
+
+
+def test_a_served_safety_profile_is_a_negation_choice_and_reaches_the_engine():
+    """``serve --safety PROFILE``: the page offers the profile (selected by default) and passes it to the engine."""
+    pytest.importorskip("gradio", reason="the page needs the 'web' extra (gradio)")
+    from types import SimpleNamespace
+
+    from safedenoiser.web.app import Page, build_app
+    from safedenoiser.web.generation import PROFILE_NEGATION
+
+    profile = SimpleNamespace(negation=SimpleNamespace(source="500 trousers"))
+    app = build_app(shared_engine(), profile)
+    radios = [b for b in app.blocks.values() if getattr(b, "elem_id", None) == "negation"]
+    assert radios and radios[0].value == PROFILE_NEGATION
+    assert any(value == PROFILE_NEGATION for _, value in radios[0].choices)
+    seen = {}
+
+    class Engine:
+        limits = Limits()
+
+        def run(self, request, negation, progress, profile=None):
+            seen["profile"] = profile
+            raise WebInputError("stop here")
+
+    page = Page(Engine(), profile)
+    status = page.generate("fashion-t2i", "trousers", AVOIDED, 3.0, 0, 2, 4, PROFILE_NEGATION, None, "conditional",
+                           1.0, progress=lambda *a, **k: None)[0]
+    assert seen["profile"] is profile and "stop here" in status
+    page.generate("fashion-t2i", "trousers", AVOIDED, 3.0, 0, 2, 4, "shipped", None, "conditional", 1.0,
+                  progress=lambda *a, **k: None)
+    assert seen["profile"] is None
+    page.close()

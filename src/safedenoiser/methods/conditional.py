@@ -157,6 +157,8 @@ class ConditionalCorrection(Correction):
         if reference.space != negation.space:
             raise ReferenceSetError(f"reference set lives in space {reference.space!r} but the negation set in "
                                     f"{negation.space!r}; encode both the same way")
+        if reference.device != negation.device:  # the sets are compared now and at every call: one device
+            reference = reference.to(negation.device)
         if check_reference:
             reference.check_against(negation)
         if not gain >= 0 or not math.isfinite(gain):

@@ -32,7 +32,8 @@ import gradio as gr  # noqa: E402
 from ..cli import describe  # noqa: E402
 from ..images.data import FASHION_CLASSES  # noqa: E402
 from .generation import (AVOIDED, DEFAULT_GUIDANCE, DEFAULT_PROMPT, METHODS, MODELS, SHIPPED_NEGATION,  # noqa: E402
-                         UPLOADED_NEGATION, Engine, Limits, Request, WebInputError, diagnostics_figure, labelled_grid,
+                         PROFILE_NEGATION, UPLOADED_NEGATION, Engine, Limits, Request, WebInputError, diagnostics_figure,
+                         labelled_grid,
                          negation_from_uploads, without_paths, write_downloads)
 
 DEFAULTS = Request()
@@ -72,8 +73,8 @@ class Page:
     """The page's state: the engine, and this server's temporary folder: ``uploads/`` (Gradio's cache, through
     ``GRADIO_TEMP_DIR`` unless the user set it) and the downloads of recent runs; removed at exit (:meth:`close`)."""
 
-    def __init__(self, engine: Engine):
-        self.engine = engine
+    def __init__(self, engine: Engine, profile: Any = None):
+        self.engine, self.profile = engine, profile
         self.folder = Path(tempfile.mkdtemp(prefix="safedenoiser-web-"))
         self.uploads = self.folder / "uploads"
         self._runs = itertools.count()
@@ -105,7 +106,9 @@ class Page:
                               seed=0 if seed is None else seed, count=count, steps=steps, method=method,
                               knob=knob if METHODS.get(method) and METHODS[method].knob else None)
             progress(0.0, desc="loading models")
-            result = self.engine.run(request, negation, lambda fraction, phase: progress(fraction, desc=phase))
+            profile = self.profile if negation_source == PROFILE_NEGATION else None
+            result = self.engine.run(request, negation, lambda fraction, phase: progress(fraction, desc=phase),
+                                     profile=profile)
             files = write_downloads(result, self._run_folder())
         except Exception as err:  # the page's edge: one line for the user, nothing else
             message = without_paths(str(err) if isinstance(err, WebInputError) else describe(err), uploads or [])
@@ -118,9 +121,10 @@ class Page:
         return (status, plain, safe, diagnostics_figure(result), [str(files["zip"]), str(files["record"])])
 
 
-def build_app(engine: Engine | None = None) -> gr.Blocks:
-    """The page (not launched); ``engine`` defaults to a new :class:`Engine` with the default limits."""
-    page = Page(engine or Engine())
+def build_app(engine: Engine | None = None, profile: Any = None) -> gr.Blocks:
+    """The page (not launched); ``engine`` defaults to a new :class:`Engine` with the default limits; ``profile`` (a
+    :class:`~safedenoiser.pipelines.profile.SafetyProfile`, from ``serve --safety``) becomes a negation-set choice."""
+    page = Page(engine or Engine(), profile)
     limits = page.engine.limits
     if _USER_TEMP is None:  # Gradio reads it when the Blocks and the server are made: uploads go to our folder
         os.environ["GRADIO_TEMP_DIR"] = str(page.uploads)
@@ -149,10 +153,12 @@ def build_app(engine: Engine | None = None) -> gr.Blocks:
                                       elem_id="count", min_width=140)
                     steps = gr.Slider(1, limits.max_steps, value=DEFAULTS.steps, step=1, label="Sampler steps",
                                       elem_id="steps", min_width=140)
+                sources = [("shipped: 500 Fashion-MNIST training trousers", SHIPPED_NEGATION),
+                           ("my images (upload below)", UPLOADED_NEGATION)]
+                if page.profile is not None:
+                    sources.append((f"safety profile (serve --safety): {page.profile.negation.source}", PROFILE_NEGATION))
                 negation_source = gr.Radio(
-                    [("shipped: 500 Fashion-MNIST training trousers", SHIPPED_NEGATION),
-                     ("my images (upload below)", UPLOADED_NEGATION)],
-                    value=SHIPPED_NEGATION, label="Negation set (what must not be generated)", elem_id="negation")
+                    sources, value=PROFILE_NEGATION if page.profile is not None else SHIPPED_NEGATION, label="Negation set (what must not be generated)", elem_id="negation")
                 uploads = gr.File(file_count="multiple", file_types=["image"], elem_id="uploads", height=140,
                                   label=f"Negation images: up to {limits.max_uploads} files, "
                                         f"{limits.max_upload_bytes / 1e6:g} MB and {limits.max_upload_side} px "

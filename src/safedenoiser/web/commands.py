@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-images", type=positive_int, default=32, help="cap on images per side per request (default 32)")
     p.add_argument("--bank", type=positive_int, default=64,
                    help="calibration bank size for the calibrated / substitution modes (default 64)")
+    p.add_argument("--safety", default=None, metavar="PROFILE",
+                   help="a safety profile folder (safe-denoiser profile build): offered as the page's negation set "
+                        "(its reference set and knobs with it) for the pipeline it was built for")
     p.add_argument("--no-preload", action="store_true", help="load the models at the first request, not at start")
     p.set_defaults(run=_run)
 
@@ -39,6 +42,11 @@ def _run(args: argparse.Namespace) -> int:
     except ImportError as err:
         raise ImportError(f"safe-denoiser serve needs Gradio ({err}); install the extra: pip install -e '.[web]'") from err
     torch.set_num_threads(args.threads)
+    profile = None
+    if args.safety:
+        from ..pipelines.profile import SafetyProfile
+
+        profile = SafetyProfile.load(args.safety)  # a bad folder is named before the models load
     limits = Limits(max_images=args.max_images, bank=args.bank)
     engine = Engine(limits)
     if not args.no_preload:
@@ -47,7 +55,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: listening on {args.host}: anyone who can reach it can use this machine's CPU "
               "(the page has no login)", file=sys.stderr)
-    app = web.build_app(engine)
+    app = web.build_app(engine, profile)
     web.launch(app, args.host, args.port, block=False, max_file_size=limits.max_upload_bytes)
     print(f"safe-denoiser serve: http://{args.host}:{args.port} (Ctrl+C stops)", file=sys.stderr)
     app.block_thread()

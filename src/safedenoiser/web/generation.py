@@ -44,6 +44,7 @@ DEFAULT_GUIDANCE = {"fashion-t2i": 3.0, "fashion-cond": 2.0, "fashion-uncond": 1
 DEFAULT_PROMPT = "khakis"  # an evasive prompt of assets/t2i_prompts/evasive.csv: no trouser word, trousers when plain
 SHIPPED_NEGATION = "shipped"
 UPLOADED_NEGATION = "upload"
+PROFILE_NEGATION = "profile"  # the safety profile given to serve --safety
 
 
 class WebInputError(ValueError):
