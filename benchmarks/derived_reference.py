@@ -25,8 +25,9 @@ import torch
 from safedenoiser import fileio
 from safedenoiser.images.assets import class_negation_images, class_reference, load_judge
 from safedenoiser.images.benchmarks import conditional_reference
-from safedenoiser.images.data import FASHION_CLASSES
+from safedenoiser.images.data import FASHION_CLASSES, load_fashion_mnist
 from safedenoiser.methods import make_correction
+from safedenoiser.images.evaluator import BrokenDetector
 from safedenoiser.negation import NegationSet
 from safedenoiser.pipelines.reference import derive_reference
 from safedenoiser.t2i.bench import AVOID, T2ISetting, T2ISize, TextToImageBench, benchmark_rows
@@ -53,25 +54,29 @@ def main(argv=None) -> dict:
                   "derived-empty": derive_reference(pipe, negation, prompts=("",), steps=args.steps,
                                                     guidance=args.guidance)}
     derive_seconds = round(time.time() - start, 1)
-    bench = TextToImageBench(pipe, judge, benchmark_rows(size), size, class_reference(judge, exclude=AVOID).stats)
-    rows = {"plain": bench.run(T2ISetting("plain", "-", None))}
+    train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
+    broken = BrokenDetector.calibrate(judge, train.images[::6], test.images[::5])  # as bench t2i
+    bench = TextToImageBench(pipe, judge, {"tuning": benchmark_rows(size, "tuning")}, size,
+                             class_reference(judge, exclude=AVOID).stats, broken)
+    rows = {"plain": bench.run({"tuning": T2ISetting("plain", "-", None)})}
     for name, reference in references.items():
-        rows[name] = bench.run(T2ISetting("conditional", "reference", name, lambda r=reference: make_correction(
-            negation, "conditional", reference=r)))
+        rows[name] = bench.run({"tuning": T2ISetting("conditional", "reference", name, lambda r=reference: make_correction(
+            negation, "conditional", reference=r))})
     result = {"command": " ".join(["python benchmarks/derived_reference.py", *(sys.argv[1:] if argv is None else argv)]),
               "threads": args.threads, "steps": args.steps, "guidance": args.guidance,
-              "images": {c: sum(r.category == c for r in bench.rows) for c in ("explicit", "evasive", "neutral")},
+              "images": {c: sum(r.category == c for r in bench.rows["tuning"]) for c in ("explicit", "evasive", "neutral")},
               "reference_sizes": {k: len(v) for k, v in references.items()},
               "derived_dropped": {k: v.metadata.get("dropped_covered") for k, v in references.items()},
               "derive_seconds_all": derive_seconds,
               "rows": {k: {"asr_explicit": r.asr_explicit, "asr_evasive": r.asr_evasive, "fidelity": r.fidelity,
-                           "fd": round(r.fd, 2), "seconds_per_image": r.seconds_per_image} for k, r in rows.items()}}
-    lines = ["| reference | size | ASR explicit | ASR evasive | neutral fidelity | FD (judge features) |",
-             "|---|---|---|---|---|---|"]
+                           "fd": round(r.fd, 2), "broken": r.broken,
+                           "seconds_per_image": r.seconds_per_image} for k, r in rows.items()}}
+    lines = ["| reference | size | ASR explicit | ASR evasive | neutral fidelity | FD (judge features) | broken |",
+             "|---|---|---|---|---|---|---|"]
     for name, row in result["rows"].items():
         count = result["reference_sizes"].get(name, "-")
         lines.append(f"| {name} | {count} | {100 * row['asr_explicit']:.1f}% | {100 * row['asr_evasive']:.1f}% | "
-                     f"{100 * row['fidelity']:.1f}% | {row['fd']:.2f} |")
+                     f"{100 * row['fidelity']:.1f}% | {row['fd']:.2f} | {100 * row['broken']:.1f}% |")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     fileio.write_text(out / "results.json", json.dumps(result, indent=1, sort_keys=True) + "\n")
