@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import shlex
-import time
 from pathlib import Path
 
 import pytest
@@ -32,14 +31,24 @@ def test_the_quickstart_runs_verbatim(tmp_path, monkeypatch, capsys, one_thread)
     if not (shipped_pipeline_path() / "model_index.json").is_file():
         pytest.skip("the shipped fashion-t2i pipeline is not in this checkout")
     monkeypatch.chdir(tmp_path)
-    start = time.perf_counter()
     for argv in quickstart_commands():
         assert main(argv) == 0, (argv, capsys.readouterr().err[-2000:])
-    seconds = time.perf_counter() - start
     out, err = capsys.readouterr()
     last = out.strip().splitlines()[-1]
     assert re.match(r"4 images in run/images \(4 new, 0 already there\); the correction changed \d of them", last), last
     assert (tmp_path / "run" / "grid.png").is_file() and (tmp_path / "trouser-profile" / "safety_config.json").is_file()
     assert len(list((tmp_path / "examples" / "trousers").glob("*.png"))) == 100
     assert "Warning" not in err, err[-2000:]  # no third-party warnings in what a user reads
-    assert seconds < 60, f"the quickstart took {seconds:.0f} s"
+    from safedenoiser.images.assets import load_judge
+    from safedenoiser.images.data import FASHION_CLASSES
+    from safedenoiser.imageio import read_image_folder
+
+    images = read_image_folder(tmp_path / "run" / "images", size=28, mode="L").images
+    labels = load_judge().classify(images)
+    assert len(labels) == 4 and not bool((labels == FASHION_CLASSES.index("trouser")).any()), labels  # evasive: stopped
+
+
+def test_the_readme_shows_the_quickstart_commands():
+    readme = (DOC.parent.parent / "README.md").read_text(encoding="utf-8")
+    for argv in quickstart_commands():
+        assert shlex.join(["safe-denoiser", *argv]) in readme, argv
