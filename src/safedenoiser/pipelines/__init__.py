@@ -10,7 +10,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 _EXPORTS = {
-    "SafeDenoiserHook": "hook", "attach_safe_denoiser": "hook", "negation_differences": "hook", "pipeline_model": "hook",
+    "SafeDenoiserHook": "hook", "attach_safe_denoiser": "attach", "negation_differences": "hook", "pipeline_model": "hook",
     "vae_fingerprint": "hook",
     "READERS": "noise_levels", "UnsupportedPipelineError": "noise_levels", "noise_level": "noise_levels",
     "scheduler_prediction": "noise_levels", "ve_sigma_at_timestep": "noise_levels",
@@ -26,5 +26,6 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from .hook import SafeDenoiserHook, attach_safe_denoiser, negation_differences, pipeline_model, vae_fingerprint
+    from .attach import attach_safe_denoiser
+    from .hook import SafeDenoiserHook, negation_differences, pipeline_model, vae_fingerprint
     from .noise_levels import READERS, UnsupportedPipelineError, noise_level, scheduler_prediction, ve_sigma_at_timestep

@@ -92,7 +92,7 @@ class SafetyProfile:
 
     def attach(self, pipe: Any, *, check: bool = True, guidance: str = "auto") -> Any:
         """Check the pipeline (unless ``check=False``) and attach the correction; returns the hook handle."""
-        from .hook import attach_safe_denoiser
+        from .attach import attach_safe_denoiser
 
         if check:
             self.check(pipe)

@@ -163,7 +163,7 @@ class TextToImageBench:
     def generate(self, setting: T2ISetting, rows: Sequence[PromptRow], seed_offset: int = 0) -> Tensor:
         hook = None
         if setting.correction is not None:
-            from ..pipelines.hook import attach_safe_denoiser
+            from ..pipelines.attach import attach_safe_denoiser
 
             hook = attach_safe_denoiser(self.pipe, setting.correction())
         try:
