@@ -204,7 +204,9 @@ def test_negation_build_survives_random_kills(model_dir, tmp_path):
     result = {"items": len(ref), "lost": len(ref) - len(got), "duplicated": max(0, len(got) - len(ref)),
               "half_written": len(_hidden(tmp_path)) + int(parts.exists()),
               "identical": torch.equal(ref.data, got.data) and ref.metadata == got.metadata}
-    assert result["lost"] == 0 and result["duplicated"] == 0 and result["half_written"] == 0 and result["identical"], result
+    leftovers = (_hidden(tmp_path), sorted(p.name for p in parts.iterdir()) if parts.exists() else None)
+    assert result["lost"] == 0 and result["duplicated"] == 0 and result["half_written"] == 0 and result["identical"], \
+        (result, leftovers)
     assert kills >= 1
     reliability_table.record("kill", "safe-denoiser negation build", "10 images, batches of 1", "ok", kills=kills, **result)
 

@@ -265,6 +265,7 @@ def _assemble(paths: list[Path], out_path: Path, parts_dir: Path, report: BuildR
     meta["image_root"] = str(root)
     NegationSet(data, space=space, source=str(root), metadata=meta).save(out_path)
     shutil.rmtree(parts_dir)
+    fileio.remove_stale_temps(out_path.parent, out_path.name)  # a second look: a pid seen alive at the start may be reused
     report.count = int(data.shape[0])
     return report
 
