@@ -205,15 +205,15 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32", sched
 def _reference_set(path: str, pipe: Any, check: bool = True) -> Any:
     """A reference set file, checked against the pipeline like a negation set."""
     from ..methods import ReferenceSet
-    from ..negation import NegationSet, NegationSetError
+    from ..negation import NegationSetError
     from .hook import negation_differences
 
-    loaded = NegationSet.load(path)
+    reference = ReferenceSet.load(path)
     if check:
-        diffs = negation_differences(pipe, loaded)
+        diffs = negation_differences(pipe, reference)
         if diffs:
             raise NegationSetError("reference set does not match the pipeline: " + "; ".join(diffs))
-    return ReferenceSet(loaded.data, space=loaded.space, source=loaded.source, metadata=loaded.metadata)
+    return reference
 
 
 def _check_window_t(scheduler: Any, timestep: int) -> None:

@@ -144,8 +144,7 @@ class SafetyProfile:
         negation = NegationSet.load(folder / NEGATION_FILE)
         reference = None
         if config.get("reference"):
-            loaded = NegationSet.load(folder / REFERENCE_FILE)
-            reference = ReferenceSet(loaded.data, space=loaded.space, source=loaded.source, metadata=loaded.metadata)
+            reference = ReferenceSet.load(folder / REFERENCE_FILE)
         for name, loaded in (("negation", negation), ("reference", reference)):
             expected = (config.get(name) or {}).get("content_hash")
             if loaded is not None and expected and expected != loaded.content_hash:

@@ -102,8 +102,7 @@ def cached_reference(pipe: Any, negation: NegationSet, negation_path: str | Path
     candidates = [negation_path.parent / name] + ([Path(fallback_dir) / name] if fallback_dir else [])
     for path in candidates:
         if path.is_file():
-            loaded = NegationSet.load(path)
-            return ReferenceSet(loaded.data, space=loaded.space, source=loaded.source, metadata=loaded.metadata), path, False
+            return ReferenceSet.load(path), path, False
     reference = derive_reference(pipe, negation, steps=steps, guidance=guidance, progress=progress, **call_kwargs)
     for path in candidates:
         try:
