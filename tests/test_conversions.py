@@ -7,7 +7,7 @@ import torch
 
 from safedenoiser.models import conversions as c
 
-EXPLICIT_X0 = {  # DESIGN.md section 3: x_t = alpha x0 + s n (flow: alpha = 1 - s)
+EXPLICIT_X0 = {  # written out from x_t = alpha x0 + s n (flow: alpha = 1 - s), models/conversions.py's docstring
     "eps": lambda x, out, a, s: (x - s * out) / a,
     "v": lambda x, out, a, s: a * x - s * out,
     "flow": lambda x, out, a, s: x - s * out,

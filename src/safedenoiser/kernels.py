@@ -134,6 +134,27 @@ def kernel_moments(
     it applies, numba is installed and B x N x D >= ``FUSED_MIN_WORK`` (below, both take well under a millisecond
     and the torch path has the lower call overhead).
     """
+    dtype = _accumulation_dtype(x, points, distance, dtype)
+    batch, dim = x.shape
+    chunk_size = chunk_size or auto_chunk_size(dim, dtype, x.device)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    if backend not in ("auto", "torch", "fused"):
+        raise ValueError(f"unknown kernel backend {backend!r}; expected 'auto', 'torch' or 'fused'")
+    xs = x.to(dtype)
+    band = batch_sigma(bandwidth, batch, dtype, x.device)
+    inv_band_sq = 1.0 / (band * band)  # (B,)
+    squared = distance == "squared"
+    x_sq = (xs * xs).sum(1)  # (B,)
+    if _takes_fused(backend, xs, points):
+        if point_sq_norms is None:
+            point_sq_norms = squared_norms(points, dtype, chunk_size)
+        return _fused_moments(xs, x_sq, points, point_sq_norms, inv_band_sq, squared, with_mean, chunk_size, threads)
+    return _streamed_moments(xs, x_sq, points, point_sq_norms, inv_band_sq, squared, with_mean, chunk_size)
+
+
+def _accumulation_dtype(x: Tensor, points: Tensor, distance: str, dtype: torch.dtype | None) -> torch.dtype:
+    """Check the inputs of :func:`kernel_moments`; the dtype it accumulates in (given, or :func:`compute_dtype`)."""
     if x.ndim != 2 or points.ndim != 2 or x.shape[1] != points.shape[1]:
         raise ValueError(f"kernel_moments needs x (B, D) and points (N, D); got {tuple(x.shape)} and {tuple(points.shape)}")
     if points.shape[0] == 0:
@@ -146,38 +167,44 @@ def kernel_moments(
         raise ValueError(f"kernel accumulation dtype must be torch.float32 or torch.float64, got {dtype}")
     if not points.is_floating_point():
         raise ValueError(f"points must be floating point, got {points.dtype}")
-    batch, dim = x.shape
-    count = points.shape[0]
-    device = x.device
-    chunk_size = chunk_size or auto_chunk_size(dim, dtype, device)
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    if backend not in ("auto", "torch", "fused"):
-        raise ValueError(f"unknown kernel backend {backend!r}; expected 'auto', 'torch' or 'fused'")
-    xs = x.to(dtype)
-    band = batch_sigma(bandwidth, batch, dtype, device)
-    inv_band_sq = 1.0 / (band * band)  # (B,)
-    squared = distance == "squared"
-    x_sq = (xs * xs).sum(1)  # (B,)
-    fused_applies = cpu_kernel.available() and dtype == torch.float32 and device.type == "cpu" and points.device.type == "cpu"
+    return dtype
+
+
+def _takes_fused(backend: str, xs: Tensor, points: Tensor) -> bool:
+    """Whether ``backend`` sends queries ``xs`` (already in the accumulation dtype) to the fused CPU loop; "fused"
+    where it does not apply is an error."""
+    device = xs.device
+    fused_applies = cpu_kernel.available() and xs.dtype == torch.float32 and device.type == "cpu" and points.device.type == "cpu"
     if backend == "fused" and not fused_applies:
         raise ValueError("the fused kernel needs numba, float32 accumulation and CPU queries and points; "
-                         f"got dtype {dtype}, devices {device} / {points.device}, numba {'yes' if cpu_kernel.available() else 'missing'}")
-    if backend == "fused" or (backend == "auto" and fused_applies and batch * count * dim >= FUSED_MIN_WORK):
-        if point_sq_norms is None:
-            point_sq_norms = squared_norms(points, dtype, chunk_size)
-        shards = cpu_kernel.fused_shards(xs, x_sq, points, point_sq_norms, inv_band_sq, euclidean=not squared,
-                                         with_mean=with_mean, chunk_size=chunk_size, threads=threads or torch.get_num_threads())
-        parts = [KernelMoments(log_mass=torch.from_numpy(log_mass), max_logit=torch.from_numpy(max_logit),
-                               mean=None if mean is None else torch.from_numpy(mean)) for log_mass, mean, max_logit in shards]
-        moments = parts[0] if len(parts) == 1 else combine_moments(parts)
-        shift = -0.5 * (x_sq * inv_band_sq).double() if squared else 0.0  # the row constant
-        return KernelMoments(log_mass=(moments.log_mass + shift).to(dtype), max_logit=(moments.max_logit + shift).to(dtype),
-                             mean=None if moments.mean is None else moments.mean.to(dtype))
+                         f"got dtype {xs.dtype}, devices {device} / {points.device}, numba {'yes' if cpu_kernel.available() else 'missing'}")
+    work = xs.shape[0] * points.shape[0] * xs.shape[1]
+    return backend == "fused" or (backend == "auto" and fused_applies and work >= FUSED_MIN_WORK)
+
+
+def _fused_moments(xs: Tensor, x_sq: Tensor, points: Tensor, point_sq_norms: Tensor, inv_band_sq: Tensor, squared: bool,
+                   with_mean: bool, chunk_size: int, threads: int | None) -> KernelMoments:
+    """The fused one-pass loop of :mod:`safedenoiser.cpu_kernel` in shards, merged, with the row constant
+    -|x|^2 / (2 sigma^2) added for squared distances; returned in the dtype of ``xs``."""
+    dtype = xs.dtype
+    shards = cpu_kernel.fused_shards(xs, x_sq, points, point_sq_norms, inv_band_sq, euclidean=not squared,
+                                     with_mean=with_mean, chunk_size=chunk_size, threads=threads or torch.get_num_threads())
+    parts = [KernelMoments(log_mass=torch.from_numpy(log_mass), max_logit=torch.from_numpy(max_logit),
+                           mean=None if mean is None else torch.from_numpy(mean)) for log_mass, mean, max_logit in shards]
+    moments = parts[0] if len(parts) == 1 else combine_moments(parts)
+    shift = -0.5 * (x_sq * inv_band_sq).double() if squared else 0.0  # the row constant
+    return KernelMoments(log_mass=(moments.log_mass + shift).to(dtype), max_logit=(moments.max_logit + shift).to(dtype),
+                         mean=None if moments.mean is None else moments.mean.to(dtype))
+
+
+def _streamed_moments(xs: Tensor, x_sq: Tensor, points: Tensor, point_sq_norms: Tensor | None, inv_band_sq: Tensor,
+                      squared: bool, with_mean: bool, chunk_size: int) -> KernelMoments:
+    """The chunked torch loop: an online log-sum-exp over chunks of ``points`` (flash-attention recurrence), each
+    chunk copied into one reused buffer in the dtype and on the device of ``xs`` where it is stored otherwise."""
+    (batch, dim), count, dtype, device = xs.shape, points.shape[0], xs.dtype, xs.device
     buffer = None
     if points.dtype != dtype or points.device != device:
         buffer = torch.empty(min(chunk_size, count), dim, dtype=dtype, device=device)
-
     run_max = torch.full((batch,), -math.inf, dtype=dtype, device=device)
     run_sum = torch.zeros(batch, dtype=dtype, device=device)
     acc = torch.zeros(batch, dim, dtype=dtype, device=device) if with_mean else None

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from . import fileio
 from .kernels import DEFAULT_CHUNK
 
 FORMAT = "safedenoiser.negation"
@@ -56,6 +57,27 @@ def file_header(content_hash: str, *, space: str, source: str, metadata: dict[st
 
 class MappedFileError(ValueError):
     """A file that cannot be memory-mapped as a negation set (missing, truncated, wrong dtype or layout)."""
+
+
+def read_set_file(path: str | Path, *, mmap: bool = False, device: str = "cpu", what: str = "negation set",
+                  error: type[Exception] = MappedFileError) -> tuple[Tensor, dict[str, Any]]:
+    """The one reader of the format: tensor ``data`` of a file written by :func:`file_header`'s writers, read into
+    memory on ``device`` or memory-mapped (``mmap``, CPU), and its fields ``space``, ``source``, ``metadata`` (a dict)
+    and ``content_hash`` (None where the file has none). A missing or corrupt file, or one of another format, raises
+    ``error`` with a one-line message naming ``what`` it should be (a mapped one raises :class:`MappedFileError`)."""
+    path = Path(path)
+    if mmap:
+        data, header = map_safetensors(path)
+    else:
+        tensors, header = fileio.read_safetensors(path, what=what, error=error, device=device, keys=["data"])
+        if "data" not in tensors:
+            raise error(f"{path} has no 'data' tensor; is it a {what} file?")
+        data = tensors["data"]
+    if header.get("format") != FORMAT:
+        raise error(f"{path} is a safetensors file but not a safedenoiser {what}")
+    fields = {"space": header.get("space", "data"), "source": header.get("source", ""),
+              "metadata": json.loads(header.get("metadata", "{}")), "content_hash": header.get("content_hash")}
+    return data, fields
 
 
 def _itemsize(dtype: torch.dtype) -> int:

@@ -16,7 +16,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm.auto import tqdm
@@ -178,52 +178,68 @@ def train(cfg: TrainConfig, progress: bool = True) -> Path:
             reference = FeatureStats.of(evaluator.features(memorised))
         else:
             reference = test_set_stats(evaluator)
-    start = time.time()
-    wall0 = wall
-    bar = tqdm(total=cfg.steps, initial=step, desc=f"train {out.name}", disable=not progress, mininterval=10)
-    model.train()
-    while step < cfg.steps:
+    clock = TrainClock(cfg.steps, step, wall, loss_avg, cfg.time_limit_min, f"train {out.name}", progress)
+
+    def train_step(step: int) -> float:
         idx = torch.randint(len(data), (cfg.batch_size,), generator=gen)
         labels = None
         if cfg.conditional:
             labels = labels_all[idx].clone()
             labels[torch.rand(cfg.batch_size, generator=gen) < cfg.label_dropout] = model.null_class
         loss = edm_loss(model, data.images[idx], labels, gen, cfg.p_mean, cfg.p_std)
-        value = optimise(opt, model, ema, loss, step, lr=cfg.lr, warmup=cfg.warmup, ema_decay=cfg.ema_decay)
-        loss_avg = value if math.isnan(loss_avg) else 0.99 * loss_avg + 0.01 * value
-        step += 1
-        wall = wall0 + time.time() - start
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss_avg:.4f}", refresh=False)
-        done = step >= cfg.steps or (cfg.time_limit_min and time.time() - start > 60 * cfg.time_limit_min)
-        stalled = False
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            from .quality import evaluate_samples, plateaued
+        return optimise(opt, model, ema, loss, step, lr=cfg.lr, warmup=cfg.warmup, ema_decay=cfg.ema_decay)
 
-            quality = evaluate_samples(ema.eval(), evaluator, reference, cfg.eval_samples, cfg.eval_steps,
-                                       cfg.conditional, memorised, threshold)
-            curve.append({"step": step, **{k: round(v, 3) for k, v in quality.items()}, "wall_s": round(wall, 1)})
-            copies = f", {quality['copies']:.1%} copies" if "copies" in quality else ""
-            bar.write(f"step {step}: FD {quality['fd']:.2f}{copies} ({cfg.eval_samples} samples, {cfg.eval_steps} Heun steps)")
-            stalled = plateaued(curve, cfg.plateau)
+    def evaluate() -> bool:
+        from .quality import evaluate_samples, plateaued
+
+        quality = evaluate_samples(ema.eval(), evaluator, reference, cfg.eval_samples, cfg.eval_steps,
+                                   cfg.conditional, memorised, threshold)
+        curve.append({"step": clock.step, **{k: round(v, 3) for k, v in quality.items()}, "wall_s": round(clock.wall, 1)})
+        copies = f", {quality['copies']:.1%} copies" if "copies" in quality else ""
+        clock.bar.write(f"step {clock.step}: FD {quality['fd']:.2f}{copies} ({cfg.eval_samples} samples, "
+                        f"{cfg.eval_steps} Heun steps)")
+        return plateaued(curve, cfg.plateau)
+
+    def checkpoint(stalled: bool) -> None:
+        step, wall, loss_avg = clock.step, clock.wall, clock.loss_avg
+        history.append({"step": step, "loss": loss_avg, "wall_s": round(wall, 1)})
+        info = {"command": cfg.command, "data": data.source, "steps": step, "wall_time_s": round(wall, 1),
+                "seed": cfg.seed, "final_loss": round(loss_avg, 5), "batch_size": cfg.batch_size,
+                "subset_index": subset_index, "params": sum(p.numel() for p in model.parameters()),
+                "fd_curve": curve, "stopped_on_plateau": stalled}
+        # the export first, the state second: a kill between the two resumes from the older state and
+        # exports again, so model.safetensors is never older than state.pt
+        ema.save(out / "model.safetensors", info)
+        state = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                 "rng": gen.get_state(), "step": step, "wall": wall, "loss_avg": loss_avg,
+                 "history": history, "fd_curve": curve, "config": asdict(cfg)}
+        fileio.write_with(state_path, lambda tmp: torch.save(state, tmp))
+
+    model.train()
+    run_steps(clock, train_step, checkpoint_every=cfg.checkpoint_every, checkpoint=checkpoint,
+              eval_every=cfg.eval_every, evaluate=evaluate)
+    return out / "model.safetensors"
+
+
+def run_steps(clock: TrainClock, train_step: Callable[[int], float], *, checkpoint_every: int,
+              checkpoint: Callable[[bool], None], eval_every: int = 0, evaluate: Callable[[], bool] | None = None,
+              eval_at_end: bool = False, stalled: bool = False) -> bool:
+    """The training loop of every trainer here: until ``clock.total`` steps, the clock's time limit or a plateau, one
+    ``train_step(step)`` per step (an optimiser step; returns its loss); every ``eval_every`` steps (and at the last
+    one with ``eval_at_end``) ``evaluate()``, which says whether the quality curve has flattened (training stops);
+    every ``checkpoint_every`` steps and at the last one ``checkpoint(stalled)``. ``stalled``: the run had already
+    stopped on a plateau (no step is taken). Returns whether training stopped on a plateau; closes the progress bar."""
+    while clock.step < clock.total and not stalled:
+        done = clock.tick(train_step(clock.step))
+        if eval_every and evaluate is not None and (clock.step % eval_every == 0 or (eval_at_end and done)):
+            stalled = evaluate()
             done = done or stalled
-        if step % cfg.checkpoint_every == 0 or done:
-            history.append({"step": step, "loss": loss_avg, "wall_s": round(wall, 1)})
-            info = {"command": cfg.command, "data": data.source, "steps": step, "wall_time_s": round(wall, 1),
-                    "seed": cfg.seed, "final_loss": round(loss_avg, 5), "batch_size": cfg.batch_size,
-                    "subset_index": subset_index, "params": sum(p.numel() for p in model.parameters()),
-                    "fd_curve": curve, "stopped_on_plateau": stalled}
-            # the export first, the state second: a kill between the two resumes from the older state and
-            # exports again, so model.safetensors is never older than state.pt
-            ema.save(out / "model.safetensors", info)
-            state = {"model": model.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                     "rng": gen.get_state(), "step": step, "wall": wall, "loss_avg": loss_avg,
-                     "history": history, "fd_curve": curve, "config": asdict(cfg)}
-            fileio.write_with(state_path, lambda tmp: torch.save(state, tmp))
+        if clock.step % checkpoint_every == 0 or done:
+            checkpoint(stalled)
         if done:
             break
-    bar.close()
-    return out / "model.safetensors"
+    clock.bar.close()
+    return stalled
 
 
 class TrainStateError(ValueError):

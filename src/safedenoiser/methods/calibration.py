@@ -12,8 +12,8 @@ Gaussian kernel, so the normaliser cancels exactly:
 * pi_u: the share of the bank that the negation set covers (an estimate of Z_u).
 
 A bank sample y is "covered" by the negation set when negation items make up a large enough share of
-its k nearest neighbours in (negation set + rest of the bank). Where p_safe vanishes that share is
-N / (N + M pi_u) >= N / (N + M); where p_unsafe vanishes it is 0; the default cut is half the
+its k nearest neighbours in (negation set + rest of the bank) (the rule's one home: :mod:`safedenoiser.coverage`).
+Where p_safe vanishes that share is N / (N + M pi_u) >= N / (N + M); where p_unsafe vanishes it is 0; the default cut is half the
 smallest unsafe value, N / (2 (N + M)), which assumes the worst case pi_u = 1. ``cut="fixed-point"`` puts the
 estimated pi_u in its place, N / (2 (N + M pi_u)) with pi_u the share the cut itself labels covered, iterated from
 the worst case to its fixed point: a stricter cut when little of the bank is negated. Unlike a fixed distance radius this rule compares densities,
@@ -32,48 +32,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from ..kernels import KernelMoments, kernel_moments, nearest_distances, nearest_neighbours, squared_norms
+from ..coverage import COVERAGE_CUTS, coverage_cut, fixed_point_cut, knn_coverage, negation_share  # noqa: F401 (importable here)
+from ..kernels import KernelMoments, kernel_moments, nearest_distances, squared_norms
 from ..metrics import median_bandwidths, mmd
 from ..negation import NegationSet
-
-
-def negation_share(bank: Tensor, negation: NegationSet, neighbours: int = 20, *, queries: Tensor | None = None) -> Tensor:
-    """The share of negation items among the ``neighbours`` nearest neighbours in the union of the negation set
-    and the bank (M, D): for each bank sample (itself excluded), or for each row of ``queries`` (Q, D) if given."""
-    outside = queries is None
-    queries = bank if outside else queries
-    k = min(neighbours, len(negation), bank.shape[0] - int(outside))
-    if k < 1:
-        raise ValueError("negation_share needs at least two bank samples")
-    to_negation, _ = nearest_neighbours(queries, negation.flat, k)
-    to_bank, _ = nearest_neighbours(queries, bank, k, exclude_self=outside)
-    merged = torch.cat([to_negation, to_bank], 1)  # (Q, 2k)
-    is_negation = torch.cat([torch.ones_like(to_negation), torch.zeros_like(to_bank)], 1)
-    order = merged.argsort(1)[:, :k]
-    return is_negation.gather(1, order).mean(1)
-
-
-def coverage_cut(negation_size: int, bank_size: int, unsafe_share: float = 1.0) -> float:
-    """Half the share of negation items among the neighbours of a point where p_safe vanishes:
-    N / (2 (N + M pi_u)); pi_u = 1 (the default) gives the smallest such share (see the module docstring)."""
-    return 0.5 * negation_size / (negation_size + bank_size * unsafe_share)
-
-
-COVERAGE_CUTS = ("worst-case", "fixed-point")
-
-
-def fixed_point_cut(share: Tensor, negation_size: int, rounds: int = 50) -> float:
-    """The cut N / (2 (N + M pi_u)) with pi_u = mean(share >= cut), iterated from pi_u = 1; ``share`` (M,) from
-    :func:`negation_share`. The cut rises as pi_u falls and pi_u falls as the cut rises, so the sequence is monotone
-    and stops at the first repeat."""
-    cut = coverage_cut(negation_size, share.shape[0])
-    for _ in range(rounds):
-        unsafe = float((share >= cut).double().mean())
-        new = coverage_cut(negation_size, share.shape[0], max(unsafe, 1.0 / share.shape[0]))
-        if new == cut:
-            break
-        cut = new
-    return cut
 
 
 class Calibration:
@@ -125,10 +87,7 @@ class Calibration:
         if radius is not None:
             covered = nearest_distances(flat, negation.flat) <= radius
         else:
-            share = negation_share(flat, negation, neighbours)
-            threshold = (fixed_point_cut(share, len(negation)) if cut == "fixed-point"
-                         else coverage_cut(len(negation), flat.shape[0]))
-            covered = share >= threshold
+            covered, threshold = knn_coverage(flat, negation, neighbours, cut)
         if bool(covered.all()):
             raise ValueError("every bank sample is covered by the negation set: nothing is left to estimate p_safe")
         share = float(covered.double().mean())

@@ -39,6 +39,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from .. import fileio
+from ..coverage import covered_by_log_odds as covered_by  # stage 1's labels; the name this module has always had
 from ..kernels import nearest_distances
 from ..negation import NegationSet
 from ..negation_file import content_hash
@@ -123,14 +125,6 @@ def fit_classifier(positive: Tensor, negative: Tensor, fit: RatioFit, *, seed: i
         opt.step()
         schedule.step()
     return net.eval().requires_grad_(False)
-
-
-def covered_by(log_odds: Tensor, cut: float) -> tuple[Tensor, float]:
-    """Labels from stage-1 log-odds a ~= log p_unsafe / p_data (M,): covered where exp(a) >= ``cut``, and pi_u the share
-    covered. exp(a) is 0 on safe content and 1 / pi_u >= 1 on negated content; the cut sits well below 1 because the
-    estimate is noisy where the two sets overlap (the negated content is in both)."""
-    covered = log_odds >= math.log(cut)
-    return covered, float(covered.double().mean())
 
 
 class FittedRatio:
@@ -229,20 +223,14 @@ def _fit(flat: Tensor, neg: Tensor, fit: RatioFit, key: str, progress: bool) -> 
 
 
 def _save(fitted: FittedRatio, path: Path) -> None:
-    from ..fileio import save_safetensors
-
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {f"net.{k}": v.contiguous() for k, v in fitted.net.state_dict().items()}
     tensors["covered"] = fitted.covered.to(torch.uint8)
-    save_safetensors(tensors, path, {"unsafe_share": repr(fitted.unsafe_share), "key": fitted.key})
+    fileio.save_safetensors(tensors, path, {"unsafe_share": repr(fitted.unsafe_share), "key": fitted.key})
 
 
 def _load(path: Path, flat: Tensor, neg: Tensor, fit: RatioFit, key: str) -> FittedRatio:
-    from safetensors import safe_open
-
-    with safe_open(str(path), "pt") as handle:
-        meta = handle.metadata() or {}
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+    tensors, meta = fileio.read_safetensors(path, what="ratio cache entry")
     if meta.get("key") != key:
         raise ValueError(f"{path}: ratio cache entry does not match this negation set, bank and fit")
     net = RatioNet(flat.shape[1], fit.hidden, torch.zeros(flat.shape[1]), 1.0, fit.sigma_min)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from .conversions import batch_view, ve_sigma_from_alphas_cumprod, vp_from_ve, x0_from_prediction
-
-Prediction = Literal["eps", "v", "x0"]  # a VP network's output (flow matching is not a VP schedule)
+from .conversions import (VP_PREDICTIONS, VPPrediction, batch_view, ve_sigma_from_alphas_cumprod, vp_from_ve,
+                          x0_from_prediction)
 
 
 class Denoiser(Protocol):
@@ -27,10 +26,10 @@ class VPModelDenoiser(nn.Module):
     integer-timestep models receive rounded steps.
     """
 
-    def __init__(self, model: Callable[..., Tensor], alphas_cumprod: Tensor, prediction: Prediction = "eps",
+    def __init__(self, model: Callable[..., Tensor], alphas_cumprod: Tensor, prediction: VPPrediction = "eps",
                  round_timesteps: bool = False):
         super().__init__()
-        if prediction not in ("eps", "v", "x0"):
+        if prediction not in VP_PREDICTIONS:
             raise ValueError(f"unknown prediction type {prediction!r}; expected 'eps', 'v' or 'x0'")
         self.model = model
         self.prediction = prediction

@@ -18,6 +18,8 @@ from torch import Tensor
 
 Prediction = Literal["eps", "v", "x0", "flow"]
 PREDICTIONS = ("eps", "v", "x0", "flow")
+VPPrediction = Literal["eps", "v", "x0"]  # the outputs of a network on a VP schedule (flow matching is not one)
+VP_PREDICTIONS = ("eps", "v", "x0")
 
 
 def vp_from_ve(sigma: Tensor) -> tuple[Tensor, Tensor]:

@@ -33,7 +33,7 @@ from .. import fileio
 from ..images.common import save_grid
 from ..images.data import FASHION_CLASSES, load_data
 from ..images.train import (TrainClock, TrainStateError, load_train_state, optimise, plain_config, resolve_device,  # noqa: F401
-                            restore_training)
+                            restore_training, run_steps)
 from ..models.conversions import v_from_eps_x0
 from .captions import held_out_captions, training_captions
 from .text import cached_caption_embeddings
@@ -258,8 +258,8 @@ def train_text(cfg: TextTrainConfig, progress: bool = True) -> Path:
     stalled = bool(history) and plateaued([h for h in history if "fd" in h], cfg.plateau)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     clock = TrainClock(cfg.steps, step, wall, loss_avg, cfg.time_limit_min, f"train {out.name}", progress)
-    unet.train()
-    while clock.step < cfg.steps and not stalled:
+
+    def train_step(step: int) -> float:
         idx = torch.randint(len(space.labels), (cfg.batch_size,), generator=gen, device=device)
         labels = space.labels[idx]
         pick = offsets_d[labels] + (torch.rand(cfg.batch_size, generator=gen, device=device) * counts_d[labels]).long()
@@ -273,47 +273,50 @@ def train_text(cfg: TextTrainConfig, progress: bool = True) -> Path:
         with autocast:
             pred = unet(alpha * x0 + sigma * noise, t, encoder_hidden_states=context).sample
         loss = (pred.float() - target).pow(2).mean()
-        done = clock.tick(optimise(opt, unet, ema, loss, clock.step, lr=cfg.lr, warmup=cfg.warmup,
-                                   ema_decay=cfg.ema_decay))
-        step, wall, loss_avg = clock.step, clock.wall, clock.loss_avg
-        if cfg.eval_every and (step % cfg.eval_every == 0 or done):
-            if judge is None:
-                from ..images.assets import load_judge
-                from ..images.quality import test_set_stats
+        return optimise(opt, unet, ema, loss, step, lr=cfg.lr, warmup=cfg.warmup, ema_decay=cfg.ema_decay)
 
-                judge = load_judge()
-                reference = test_set_stats(judge)
-            ema.eval()
-            pipe = space.pipeline(ema, sampling_scheduler(schedule))
-            quality, images = text_sample_quality(space.draw(pipe), judge, reference, table, cfg.eval_samples,
-                                                  cfg.eval_guidance, cfg.eval_steps)
-            per_class = len(images) // len(FASHION_CLASSES)
-            grid = images.view(len(FASHION_CLASSES), per_class, *images.shape[1:])[:, :10].flatten(0, 1)
-            save_grid(grid, out / "samples.png", nrow=min(10, per_class))
-            entry = {"step": step, "loss": round(loss_avg, 5), "wall_s": round(wall, 1),
-                     **{k: round(v, 4) for k, v in quality.items()}}
-            history.append(entry)
-            clock.bar.write(json.dumps(entry))
-            stalled = plateaued([h for h in history if "fd" in h], cfg.plateau)
-            done = done or stalled
-        if step % cfg.checkpoint_every == 0 or done:
-            info = {"command": cfg.command, "steps": step, "wall_time_s": round(wall, 1), "seed": cfg.seed,
-                    "final_loss": round(loss_avg, 5), "batch_size": cfg.batch_size, "history": history,
-                    "stopped_on_plateau": stalled, "device": device.type,
-                    "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                    "params": sum(p.numel() for p in unet.parameters()), "config": config}
-            # the export first, the state second: a kill between the two resumes from the older state and exports
-            # again, so the pipeline is never older than state.pt
-            space.export(space.pipeline(ema, sampling_scheduler(schedule)), export)
-            fileio.write_text(export / "training.json", json.dumps(info, indent=2))
-            fileio.write_text(out / "history.json", json.dumps(history, indent=2))
-            state = {"model": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
-                     "rng": gen.get_state(), "step": step, "wall": wall, "loss_avg": loss_avg,
-                     "history": json.dumps(history), "config": config}
-            fileio.write_with(state_path, lambda tmp: torch.save(state, tmp))
-        if done:
-            break
-    clock.bar.close()
+    def evaluate() -> bool:
+        nonlocal judge, reference
+        if judge is None:
+            from ..images.assets import load_judge
+            from ..images.quality import test_set_stats
+
+            judge = load_judge()
+            reference = test_set_stats(judge)
+        ema.eval()
+        pipe = space.pipeline(ema, sampling_scheduler(schedule))
+        quality, images = text_sample_quality(space.draw(pipe), judge, reference, table, cfg.eval_samples,
+                                              cfg.eval_guidance, cfg.eval_steps)
+        per_class = len(images) // len(FASHION_CLASSES)
+        grid = images.view(len(FASHION_CLASSES), per_class, *images.shape[1:])[:, :10].flatten(0, 1)
+        save_grid(grid, out / "samples.png", nrow=min(10, per_class))
+        entry = {"step": clock.step, "loss": round(clock.loss_avg, 5), "wall_s": round(clock.wall, 1),
+                 **{k: round(v, 4) for k, v in quality.items()}}
+        history.append(entry)
+        clock.bar.write(json.dumps(entry))
+        return plateaued([h for h in history if "fd" in h], cfg.plateau)
+
+    def checkpoint(stalled: bool) -> None:
+        step, wall, loss_avg = clock.step, clock.wall, clock.loss_avg
+        info = {"command": cfg.command, "steps": step, "wall_time_s": round(wall, 1), "seed": cfg.seed,
+                "final_loss": round(loss_avg, 5), "batch_size": cfg.batch_size, "history": history,
+                "stopped_on_plateau": stalled, "device": device.type,
+                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                "params": sum(p.numel() for p in unet.parameters()), "config": config}
+        # the export first, the state second: a kill between the two resumes from the older state and exports
+        # again, so the pipeline is never older than state.pt
+        space.export(space.pipeline(ema, sampling_scheduler(schedule)), export)
+        fileio.write_text(export / "training.json", json.dumps(info, indent=2))
+        fileio.write_text(out / "history.json", json.dumps(history, indent=2))
+        state = {"model": unet.state_dict(), "ema": ema.state_dict(), "opt": opt.state_dict(),
+                 "rng": gen.get_state(), "step": step, "wall": wall, "loss_avg": loss_avg,
+                 "history": json.dumps(history), "config": config}
+        fileio.write_with(state_path, lambda tmp: torch.save(state, tmp))
+
+    unet.train()
+    run_steps(clock, train_step, checkpoint_every=cfg.checkpoint_every, checkpoint=checkpoint, eval_every=cfg.eval_every,
+              evaluate=evaluate, eval_at_end=True, stalled=stalled)
+    step = clock.step
     if not (export / "training.json").is_file():  # a finished state whose export was deleted: export it again
         space.export(space.pipeline(ema, sampling_scheduler(schedule)), export)
         fileio.write_text(export / "training.json", json.dumps({"command": cfg.command, "steps": step,
