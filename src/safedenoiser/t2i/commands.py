@@ -36,7 +36,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                                  "evasive prompts (shipped pipeline)")
     bench.add_argument("--quick", action="store_true", help="smoke-test size (< 1 minute)")
     bench.add_argument("--out", default="results/t2i", help="results folder")
-    bench.add_argument("--model", default=None, help="a saved FashionTextPipeline folder (default: the shipped one)")
+    bench.add_argument("--model", default=None, help="a saved FashionTextPipeline folder (default: the shipped one), or "
+                       "the latent testbed's StableDiffusionPipeline folder (docs/latent-testbed.md)")
+    bench.add_argument("--methods", default=None, help="comma-separated methods to run (plain always runs; "
+                       "'rejection' and 'multi' by name), e.g. conditional,negative-prompt+conditional; default: all")
     add_threads_option(bench)
     bench.set_defaults(run=run_bench)
 
@@ -102,7 +105,8 @@ def run_bench(args: argparse.Namespace) -> int:
     from .bench import SIZES, bench_t2i
 
     torch.set_num_threads(args.threads)
-    result = bench_t2i(args.out, SIZES["quick" if args.quick else "default"], args.model)
+    methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]
+    result = bench_t2i(args.out, SIZES["quick" if args.quick else "default"], args.model, methods=methods)
     print(f"wrote {args.out}/results.md ({len(result['rows'])} settings)")
     return 0
 
