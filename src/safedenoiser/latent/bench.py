@@ -134,8 +134,9 @@ def load_bench_pipeline(model: str | Path | None) -> Any:
     """The pipeline ``bench t2i --model`` runs: a saved latent ``StableDiffusionPipeline`` folder as
     :class:`LatentBenchPipeline`, else ``FashionTextPipeline`` (default: the shipped one)."""
     from ..t2i.pipeline import PipelineFolderError, load_text_pipeline
-    from .pipeline import is_latent_pipeline_folder, load_latent_pipeline
+    from .pipeline import is_latent_pipeline_folder, load_latent_pipeline, shipped_model_folder
 
+    model = None if model is None else shipped_model_folder(model)
     if model is not None and is_latent_pipeline_folder(model):
         return LatentBenchPipeline(load_latent_pipeline(model), model)
     try:

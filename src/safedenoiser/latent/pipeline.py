@@ -23,6 +23,23 @@ from typing import Any
 import torch
 
 LATENT_CLASS = "StableDiffusionPipeline"
+SHIPPED_LATENT_NAME = "fashion-latent"
+SHIPPED_LATENT = Path(__file__).resolve().parents[1] / "assets" / "fashion_latent"
+
+
+def shipped_model_folder(model: str | Path) -> Path:
+    """The folder a model name stands for: ``fashion-t2i`` (pixel space) and ``fashion-latent`` (this testbed) are
+    the shipped pipelines; anything else is taken as a folder (or hub id) as given."""
+    from ..t2i.pipeline import SHIPPED_NAME, shipped_pipeline_path
+
+    if str(model) == SHIPPED_NAME:
+        return shipped_pipeline_path()
+    if str(model) == SHIPPED_LATENT_NAME:
+        if not (SHIPPED_LATENT / "model_index.json").is_file():
+            raise FileNotFoundError(f"the shipped latent pipeline is missing ({SHIPPED_LATENT}); train one as its "
+                                    "model card says (docs/latent-testbed.md)")
+        return SHIPPED_LATENT
+    return Path(model)
 
 
 def text_components() -> tuple[Any, Any]:

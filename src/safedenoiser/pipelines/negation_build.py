@@ -308,10 +308,12 @@ def load_vae(model: str | Path, device: str = "cpu", dtype: torch.dtype = torch.
     """The VAE of a diffusers model folder or hub id (``vae`` subfolder), or of a folder that is a VAE."""
     from diffusers import AutoencoderKL
 
-    path = Path(model)
+    from ..latent.pipeline import shipped_model_folder
+
+    path = shipped_model_folder(model)
     subfolder = "vae" if not path.exists() or (path / "vae").is_dir() else None
     try:
-        vae = AutoencoderKL.from_pretrained(str(model), subfolder=subfolder, torch_dtype=dtype)
+        vae = AutoencoderKL.from_pretrained(str(path), subfolder=subfolder, torch_dtype=dtype)
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"cannot load a VAE from {model!r}: {err}") from err
     return vae.to(device).eval()
@@ -400,9 +402,9 @@ def build_from_folder(model: str | Path, images: str | Path | Sequence[str | Pat
 def pixel_pipeline_config(model: str | Path) -> dict[str, Any] | None:
     """For a pipeline folder without a VAE whose UNet works on pixels (e.g. the shipped ``fashion-t2i``):
     ``{"pipeline", "sample_size", "channels"}``; None for anything else (then the VAE path applies)."""
-    from ..t2i.pipeline import SHIPPED_NAME, shipped_pipeline_path
+    from ..latent.pipeline import shipped_model_folder
 
-    path = shipped_pipeline_path() if str(model) == SHIPPED_NAME else Path(model)
+    path = shipped_model_folder(model)
     index, unet_config = path / "model_index.json", path / "unet" / "config.json"
     if not index.is_file() or not unet_config.is_file() or (path / "vae").exists():
         return None
