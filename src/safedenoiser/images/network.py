@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import fileio
+from ..models.guidance import GuidedDenoiser
 
 CHECKPOINT_FORMAT = "safedenoiser.edm-unet2d"
 
@@ -126,18 +127,16 @@ def checkpoint_info(path: str | Path) -> dict[str, Any]:
     return json.loads(fileio.read_safetensors(path, what="checkpoint", error=CheckpointError, keys=())[1].get("info", "{}"))
 
 
-class ClassifierFreeGuidance:
+class ClassifierFreeGuidance(GuidedDenoiser):
     """D_null + w (D_c - D_null) (Ho & Salimans 2022); with ``negative_labels`` the null branch is replaced by
-    the negative class: D_neg + w (D_c - D_neg) (negative-class guidance). w = 1 is the plain conditional."""
+    the negative class: D_neg + w (D_c - D_neg) (negative-class guidance). w = 1 is the plain conditional.
+    The combination lives in :mod:`safedenoiser.models.guidance`."""
 
     def __init__(self, model: EDMUNet, guidance: float = 1.0, negative_labels: Tensor | int | None = None):
         if not model.num_classes:
             raise ValueError("classifier-free guidance needs a class-conditional model")
-        self.model, self.guidance, self.negative_labels = model, float(guidance), negative_labels
+        super().__init__(model, guidance, negative=None if negative_labels is None else {"class_labels": negative_labels})
+        self.model, self.negative_labels = model, negative_labels
 
     def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | int | None = None) -> Tensor:
-        cond = self.model(x, sigma, class_labels)
-        if self.guidance == 1.0 and self.negative_labels is None:
-            return cond
-        base = self.model(x, sigma, self.negative_labels)
-        return base + self.guidance * (cond - base)
+        return super().__call__(x, sigma, class_labels=class_labels)

@@ -8,6 +8,7 @@ The base class owns what all of them share: flattening, the noise-level window, 
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -50,6 +51,23 @@ class Correction:
         self.window = window or Window()
         self.callback = callback
         self.chunk_size = chunk_size
+
+    def replace(self, **changes: Any) -> Correction:
+        """A shallow copy with the attributes ``changes`` (``negation``, ``callback``, ``window`` ...) replaced; ``self``
+        is unchanged. Objects the copy shares with ``self`` stay shared (a conditional mode's per-run state)."""
+        unknown = [name for name in changes if not hasattr(self, name)]
+        if unknown:
+            raise AttributeError(f"{type(self).__name__} has no attribute {', '.join(unknown)} to replace")
+        out = copy.copy(self)
+        for name, value in changes.items():
+            setattr(out, name, value)
+        return out
+
+    def to(self, device: torch.device | str) -> Correction:
+        """This correction with its negation set on ``device``: a moved copy, or ``self`` when it is there already."""
+        if self.negation.device == torch.device(device):
+            return self
+        return self.replace(negation=self.negation.to(device))
 
     @property
     def is_identity(self) -> bool:

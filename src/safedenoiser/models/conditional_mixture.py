@@ -18,6 +18,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from .guidance import GuidedDenoiser
 from .mixture import GaussianMixture
 
 
@@ -113,15 +114,13 @@ class ConditionalGaussianMixture:
         return eq.classify(x)
 
 
-class GuidedMixtureDenoiser:
-    """Classifier-free guidance on the exact mixture: D_null + w (D_c - D_null); w = 1 is the exact conditional."""
+class GuidedMixtureDenoiser(GuidedDenoiser):
+    """Classifier-free guidance on the exact mixture: D_null + w (D_c - D_null) (:mod:`.guidance`); w = 1 is the exact
+    conditional, and so is the null request (its two branches are the same exact prediction)."""
 
     def __init__(self, model: ConditionalGaussianMixture, guidance: float):
-        self.model, self.guidance = model, float(guidance)
+        super().__init__(model.denoise, guidance)
+        self.model = model
 
     def __call__(self, x: Tensor, sigma: Tensor, class_labels: Tensor | int | None = None) -> Tensor:
-        cond = self.model.denoise(x, sigma, class_labels)
-        if self.guidance == 1.0 or class_labels is None:
-            return cond
-        null = self.model.denoise(x, sigma, None)
-        return null + self.guidance * (cond - null)
+        return super().__call__(x, sigma, class_labels=class_labels)

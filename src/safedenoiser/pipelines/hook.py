@@ -11,24 +11,31 @@ every branch. The ``paper`` and ``calibrated`` corrections are affine in x0 with
 (x, sigma) only, and CFG weights sum to one, so this equals correcting the guided x0 (paper Eq. 8). A nonlinear,
 condition-aware correction (``conditional``) is not: with ``guidance="guided"`` (the default for corrections marked
 ``acts_on_guided``) the hook forms the guided x0 = x0_u + w (x0_c - x0_u) of two-branch CFG, corrects it, and adds
-the same change to both branches, so the scheduler's guided x0 is exactly the corrected one.
+the same change to both branches, so the scheduler's guided x0 is exactly the corrected one. The combination and the
+choice of path come from :mod:`safedenoiser.models.guidance`.
+
+The hook never changes the correction it is given: it applies a copy (:meth:`Correction.replace`) whose diagnostics
+callback is a :class:`~.trace.TraceRecorder` forwarding to the given callback; scheduler options it cannot follow are
+refused by :class:`~.guard.SchedulerGuard`.
 """
 
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any
+import inspect
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from ..methods import Correction
 from ..models import conversions
+from ..models.guidance import combine, correct_guided, guidance_path
 from ..negation import NegationSet, NegationSetError
+from .guard import SchedulerGuard
 from .noise_levels import UnsupportedPipelineError, noise_level, scheduler_prediction
+from .trace import TraceRecorder
 
-GUIDANCE_PATHS = ("auto", "branches", "guided")
 SUPPORTED_MODELS = ("UNet2DConditionModel", "UNet2DModel", "SD3Transformer2DModel", "FluxTransformer2DModel")
 
 
@@ -99,15 +106,17 @@ def negation_differences(pipe: Any, negation: NegationSet) -> list[str]:
 class SafeDenoiserHook:
     """A removable handle: the hook is active from construction until :meth:`detach` (or the end of a ``with``).
 
-    ``trace`` holds, per corrected model call, ``sigma`` (VE, float) and the per-row ``active`` / ``weight``
-    tensors from the correction's diagnostics callback (kept on the device until :meth:`summary`).
+    The correction given is never changed: the hook applies ``correction``, a copy whose diagnostics callback is a
+    :class:`~.trace.TraceRecorder` that forwards to the given correction's own callback (and, per model output shape
+    and device, copies of that with the negation set packed or moved: :meth:`Correction.to`). ``trace`` holds, per
+    corrected model call, ``sigma`` (VE, float) and the per-row ``active`` / ``weight`` tensors (kept on the device
+    until :meth:`summary`). Scheduler options the hook cannot follow are refused by a :class:`~.guard.SchedulerGuard`.
     """
 
     def __init__(self, pipe: Any, correction: Correction, *, check: bool = True, guidance: str = "auto"):
         if not isinstance(correction, Correction):
             raise TypeError(f"correction must be a safedenoiser Correction, got {type(correction).__name__}")
-        if guidance not in GUIDANCE_PATHS:
-            raise ValueError(f"unknown guidance path {guidance!r}; choose one of {GUIDANCE_PATHS}")
+        guidance_path(guidance, correction)
         self.guidance = guidance
         self.pipe = pipe
         self.model = pipeline_model(pipe)
@@ -116,29 +125,22 @@ class SafeDenoiserHook:
             diffs = negation_differences(pipe, correction.negation)
             if diffs:
                 raise NegationSetError("negation set does not match the pipeline: " + "; ".join(diffs))
-        self.correction = correction
-        self._user_callback = correction.callback
-        correction.callback = self._record
-        self._negations: dict[tuple[int, ...], NegationSet] = {}
-        self._guarded: dict[int, tuple[Any, Any]] = {}
-        self.trace: list[dict[str, Any]] = []
-        self._sigma: float = math.nan
+        self.given = correction
+        self.recorder = TraceRecorder(correction.callback)
+        self.correction = correction.replace(callback=self.recorder)
+        self._fitted: dict[tuple, Correction] = {}  # the correction per (model output item shape, device)
+        self._current = self.correction  # the one of the last corrected call (its negation set: summary)
+        self._null_embeds: dict[tuple, Tensor | None] = {}  # the empty prompt's embeddings per (shape, device, dtype)
+        self.guard = SchedulerGuard(self._new_run)
         self._handle = self.model.register_forward_hook(self._hook, with_kwargs=True)
-        self._guard(pipe.scheduler)
+        self.guard.guard(pipe.scheduler)
 
     def detach(self) -> None:
         """Remove the hook and the scheduler guards; the pipeline is as before :func:`attach_safe_denoiser`."""
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        for scheduler, previous in self._guarded.values():
-            for name, method in previous.items():
-                if method is None:
-                    scheduler.__dict__.pop(name, None)
-                else:
-                    setattr(scheduler, name, method)
-        self._guarded.clear()
-        self.correction.callback = self._user_callback
+        self.guard.release()
 
     @property
     def attached(self) -> bool:
@@ -150,63 +152,27 @@ class SafeDenoiserHook:
     def __exit__(self, *exc: Any) -> None:
         self.detach()
 
+    @property
+    def trace(self) -> list[dict[str, Any]]:
+        return self.recorder.trace
+
     def reset_trace(self) -> None:
-        self.trace = []
-        self._last_x0 = None
+        self.recorder.reset()
 
     def summary(self, batch_size: int) -> list[dict[str, Any]]:
-        """Per image of the last call(s) since :meth:`reset_trace`: ``steps_active`` (model calls where any of its
-        branches was corrected), ``mean_weight`` / ``max_weight`` over its corrected rows, and ``model_calls``.
-        Rows are mapped to images as diffusers batches branches: row r belongs to image r mod ``batch_size``."""
-        stats = [{"model_calls": 0, "steps_active": 0, "weights": []} for _ in range(batch_size)]
-        for entry in self.trace:
-            active = entry["active"].detach().cpu().reshape(-1, batch_size)
-            weight = entry.get("weight")
-            weight = weight.detach().float().cpu().reshape(-1, batch_size) if weight is not None else None
-            for i in range(batch_size):
-                stats[i]["model_calls"] += 1
-                if bool(active[:, i].any()):
-                    stats[i]["steps_active"] += 1
-                    if weight is not None:
-                        stats[i]["weights"] += weight[:, i][active[:, i]].tolist()
-        nearest = self._nearest_negation(batch_size)
-        out = []
-        for i, item in enumerate(stats):
-            w = item.pop("weights")
-            out.append({**item, "mean_weight": sum(w) / len(w) if w else 0.0, "max_weight": max(w) if w else 0.0,
-                        **nearest[i]})
-        return out
+        """Per image of the last call(s) since :meth:`reset_trace` (:meth:`TraceRecorder.summary`)."""
+        return self.recorder.summary(batch_size, self._current.negation)
 
-    def _nearest_negation(self, batch_size: int) -> list[dict[str, Any]]:
-        """Per image: the negation item nearest to the x0 of the last model call (its conditional branch, the
-        last ``batch_size`` rows), with its distance and, when the set records them, its image name."""
-        last = getattr(self, "_last_x0", None)
-        negation = self.correction.negation
-        if last is None or last.shape[0] < batch_size or tuple(last.shape[1:]) != negation.item_shape:
-            return [{} for _ in range(batch_size)]
-        from ..kernels import nearest_neighbours
-
-        rows = last[-batch_size:].reshape(batch_size, -1).to(negation.device, negation.dtype)
-        dist, index = nearest_neighbours(rows, negation.flat, 1)
-        names = [entry.get("name") for entry in negation.metadata.get("images", [])]
-        out = []
-        for d, i in zip(dist[:, 0].tolist(), index[:, 0].tolist()):
-            record = {"nearest_negation_index": int(i), "nearest_negation_distance": round(float(d), 4)}
-            if i < len(names) and names[i]:
-                record["nearest_negation_image"] = names[i]
-            out.append(record)
-        return out
-
-    def _record(self, diagnostics: dict[str, Tensor]) -> None:
-        self.trace.append({"sigma": self._sigma, "active": diagnostics["active"], "weight": diagnostics.get("weight")})
-        if self._user_callback is not None:
-            self._user_callback(diagnostics)
+    def _new_run(self) -> None:
+        """Forget the correction's per-run state (the conditional mode's latch; shared by the hook's copies)."""
+        reset = getattr(self.correction, "reset", None)
+        if reset is not None:
+            reset()
 
     def _guided_branches(self, kwargs: dict, batch: int) -> bool:
         """True when this call should be corrected on its guided x0 (``guidance="guided"``, or ``"auto"`` and a
         correction marked ``acts_on_guided``) and the pipeline runs two-branch CFG (``do_classifier_free_guidance``)."""
-        mode = self.guidance
-        if mode == "branches" or (mode == "auto" and not getattr(self.correction, "acts_on_guided", False)):
+        if guidance_path(self.guidance, self.correction) != "guided":
             return False
         if not getattr(self.pipe, "do_classifier_free_guidance", False):
             return False
@@ -225,62 +191,33 @@ class SafeDenoiserHook:
                 f"guidance_rescale={rescale} rescales the guided prediction by a ratio of standard deviations "
                 "(nonlinear), so the scheduler's x0 would not be the safe x0; use guidance_rescale=0")
         prediction = scheduler_prediction(scheduler)
-        if id(scheduler) not in self._guarded:
-            self._guard(scheduler)
+        self.guard.ensure(scheduler)  # a scheduler swapped in after attaching: guarded (and a new run) on first use
         return prediction
 
-    def _guard(self, scheduler: Any) -> None:
-        """Refuse ``step`` options that make the scheduler's x0 differ from the model's (churn, per-token sigmas), and
-        start every pipeline call with fresh per-run state: ``set_timesteps`` (called by every diffusers pipeline at
-        the start of a call) resets the correction's state (the conditional mode's latch), so a call stopped by an
-        exception leaves nothing to the next one. Also reset here: the first call on a scheduler guarded lazily."""
-        original, original_set = scheduler.step, scheduler.set_timesteps
-        previous = {key: scheduler.__dict__.get(key) for key in ("step", "set_timesteps")}  # others' instance wrappers
-        name = type(scheduler).__name__
-        reset = getattr(self.correction, "reset", None)
-        if reset is not None:
-            reset()
+    def _correction_for(self, shape: tuple[int, ...], device: torch.device) -> Correction:
+        """The hook's correction with its negation set in the model output's item shape (packed latents for Flux) and
+        on its device: a cached copy, or the hook's correction itself when it fits."""
+        key = (shape, device)
+        if key not in self._fitted:
+            fitted = self.correction
+            if fitted.negation.item_shape != shape:
+                fitted = fitted.replace(negation=self._packed(fitted.negation, shape))
+            self._fitted[key] = fitted.to(device)
+        return self._fitted[key]
 
-        @functools.wraps(original_set)  # pipelines inspect the signatures of set_timesteps and step
-        def set_timesteps(*args: Any, **kwargs: Any) -> Any:
-            reset_state = getattr(self.correction, "reset", None)
-            if reset_state is not None:
-                reset_state()
-            return original_set(*args, **kwargs)
-
-        @functools.wraps(original)
-        def step(*args: Any, **kwargs: Any) -> Any:
-            if kwargs.get("s_churn", 0.0):
-                raise UnsupportedPipelineError(f"{name}.step(s_churn={kwargs['s_churn']}) adds churn noise and evaluates "
-                                               "x0 at an inflated sigma; the safe-denoiser hook needs s_churn=0")
-            if kwargs.get("per_token_timesteps") is not None:
-                raise UnsupportedPipelineError(f"{name}.step(per_token_timesteps=...) is not supported by the hook")
-            return original(*args, **kwargs)
-
-        scheduler.step, scheduler.set_timesteps = step, set_timesteps
-        self._guarded[id(scheduler)] = (scheduler, previous)
-
-    def _negation_for(self, shape: tuple[int, ...]) -> None:
-        """Match the negation set to the model output's item shape and device (packing latents for Flux)."""
-        negation = self.correction.negation
-        if negation.item_shape == shape:
-            return
-        if shape in self._negations:
-            self.correction.negation = self._negations[shape]
-            return
+    def _packed(self, negation: NegationSet, shape: tuple[int, ...]) -> NegationSet:
+        """Flux packs (C, H, W) latents into (H/2 W/2, 4C) tokens: the negation set packed the same way."""
         if len(shape) == 2 and len(negation.item_shape) == 3 and hasattr(self.pipe, "_pack_latents"):
             c, h, w = negation.item_shape
             if (h // 2) * (w // 2) == shape[0] and 4 * c == shape[1]:
                 packed = self.pipe._pack_latents(negation.data, len(negation), c, h, w)
-                self._negations[shape] = NegationSet(packed, space=negation.space + " (packed)", source=negation.source,
-                                                     metadata=negation.metadata)
-                self.correction.negation = self._negations[shape]
-                return
+                return NegationSet(packed, space=negation.space + " (packed)", source=negation.source,
+                                   metadata=negation.metadata)
         raise NegationSetError(describe_shape_mismatch(negation, shape, getattr(self.pipe, "vae_scale_factor", None)))
 
     def _hook(self, module: Any, args: tuple, kwargs: dict, output: Any) -> Any:
-        correction = self.correction
-        if correction.is_identity:
+        """Forward hook: the model output with the correction's change of x0 added (``output`` itself when none)."""
+        if self.correction.is_identity:
             return output
         scheduler = self.pipe.scheduler
         prediction = self._check_call(scheduler)
@@ -293,40 +230,99 @@ class SafeDenoiserHook:
         if alpha <= 0.0 or s <= 0.0:
             return output  # pure noise (flow matching at s = 1) or no noise: x carries no VE position
         sigma = s / alpha
-        self._sigma = sigma
+        self.recorder.sigma = sigma
         x_in, out = sample.float(), pred.float()
         x0 = conversions.x0_from_prediction(prediction, x_in, out, alpha, s)
-        self._last_x0 = x0.detach()
-        window = correction.window
+        self.recorder.last_x0 = x0.detach()
+        window = self.correction.window
         if not window.sigma_min <= sigma <= window.sigma_max:
             return output
-        self._negation_for(tuple(pred.shape[1:]))
-        if correction.negation.device != pred.device:
-            correction.negation = correction.negation.to(pred.device)
+        self._current = correction = self._correction_for(tuple(pred.shape[1:]), pred.device)
         if self._guided_branches(kwargs, x0.shape[0]):
-            # classifier-free guidance with batch [uncond; cond]: correct the guided x0 and add the same change to
-            # both branches; the CFG weights (1 - w, w) sum to one, so the scheduler's guided x0 is the corrected one
-            x0_u, x0_c = x0.chunk(2)
-            w = float(self.pipe.guidance_scale)
-            guided = x0_u + w * (x0_c - x0_u)
-            x_c = x_in.chunk(2)[1] / alpha
-            if hasattr(correction, "guided"):  # also reduces the text direction of flagged requests
-                guided_safe = correction.guided(x_c, sigma, x0_u, x0_c, w, combined=guided)
-            else:
-                guided_safe = correction(x_c, sigma, guided)
-            if guided_safe is guided:
-                return output
-            delta = (guided_safe - guided).repeat(2, *([1] * (x0.ndim - 1)))
+            null = functools.partial(self._null_branch, module, args, kwargs, x_in, x0.chunk(2)[0], prediction,
+                                     alpha, s)
+            delta = self._guided_delta(correction, x_in / alpha, sigma, x0, null)
         else:
             x0_safe = correction(x_in / alpha, sigma, x0)
-            if x0_safe is x0:
-                return output
-            delta = x0_safe - x0
+            delta = None if x0_safe is x0 else x0_safe - x0
+        if delta is None:
+            return output
         new = (out + conversions.prediction_from_x0(prediction, 0.0, delta, alpha, s)).to(pred.dtype)  # affine: x_t = 0
-        if isinstance(output, tuple):
-            return (new, *output[1:])
-        output.sample = new
-        return output
+        return replace_model_output(output, new)
+
+    def _guided_delta(self, correction: Correction, x: Tensor, sigma: float, x0: Tensor,
+                      null: Callable[[], Any]) -> Tensor | None:
+        """Classifier-free guidance with batch [uncond; cond]: the change of the guided x0 corrected once
+        (:func:`~safedenoiser.models.guidance.correct_guided`), for both branches (None when nothing acts); the CFG
+        weights (1 - w, w) sum to one, so the scheduler's guided x0 is the corrected one. A correction with its own
+        ``guided`` method also gets ``null``, the empty prompt's branch when a negative prompt replaced it."""
+        x0_u, x0_c = x0.chunk(2)
+        w = float(self.pipe.guidance_scale)
+        guided = combine(x0_u, x0_c, w)
+        branch_inputs = {"null": null()} if hasattr(correction, "guided") else {}
+        guided_safe = correct_guided(correction, x.chunk(2)[1], sigma, x0_u, x0_c, w, combined=guided, **branch_inputs)
+        if guided_safe is guided:
+            return None
+        return (guided_safe - guided).repeat(2, *([1] * (x0.ndim - 1)))
+
+    def _empty_prompt_embeds(self, like: Tensor) -> Tensor | None:
+        """(1, tokens, dim) embeddings of the empty prompt from ``pipe.encode_prompt`` (the one-argument form of
+        :class:`~safedenoiser.t2i.FashionTextPipeline`, or Stable Diffusion's), cached; None for other pipelines."""
+        key = (tuple(like.shape[1:]), like.device, like.dtype)
+        if key not in self._null_embeds:
+            encode, embeds = getattr(self.pipe, "encode_prompt", None), None
+            params = list(inspect.signature(encode).parameters) if callable(encode) else []
+            if params == ["prompt"]:
+                embeds = encode([""])
+            elif "do_classifier_free_guidance" in params:
+                embeds = encode("", like.device, 1, False)[0]
+            if embeds is not None and tuple(embeds.shape[1:]) != key[0]:
+                embeds = None
+            self._null_embeds[key] = None if embeds is None else embeds[:1].to(like.device, like.dtype)
+        return self._null_embeds[key]
+
+    def _null_branch(self, module: Any, args: tuple, kwargs: dict, x_in: Tensor, x0_u: Tensor, prediction: str,
+                     alpha: float, s: float) -> Any:
+        """With a negative prompt the null branch of CFG is not the empty prompt's: return ``rows -> x0`` that runs
+        the model on the empty prompt for the requested rows of the conditional half (x0_u elsewhere), so the
+        conditional mode can drop a flagged request's text direction to the unconditional prediction (a third branch,
+        flagged rows only). None when the null branch is the empty prompt already, or the model call carries inputs
+        this cannot split (added conditions, timestep conditions)."""
+        embeds = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
+        if (not torch.is_tensor(embeds) or kwargs.get("added_cond_kwargs") or kwargs.get("timestep_cond") is not None
+                or embeds.shape[0] != x_in.shape[0]):
+            return None
+        empty = self._empty_prompt_embeds(embeds)
+        if empty is None:
+            return None
+        uncond = embeds.chunk(2)[0]
+        differs = (uncond - empty).abs().flatten(1).amax(1) > 1e-4 * float(empty.abs().max())
+        if not bool(differs.any()):
+            return None
+        sample = args[0] if args else kwargs.get("sample")
+        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+        half = x_in.shape[0] // 2
+
+        def null(rows: Tensor) -> Tensor:
+            out = x0_u.clone()
+            idx = torch.nonzero(rows.to(differs.device) & differs).flatten()
+            if len(idx):
+                t = timestep[half:][idx] if torch.is_tensor(timestep) and timestep.ndim > 0 and timestep.numel() > 1 else timestep
+                pred = module.forward(sample[half:][idx], t, encoder_hidden_states=empty.expand(len(idx), -1, -1),
+                                      return_dict=False)[0]  # forward(): no hook on this extra call
+                out[idx] = conversions.x0_from_prediction(prediction, x_in[half:][idx], pred.float(), alpha, s)
+            return out
+
+        return null
+
+
+def replace_model_output(output: Any, new: Tensor) -> Any:
+    """A diffusers model output (a tuple, or an output object with ``.sample``) with its prediction replaced by ``new``;
+    what a forward hook returns."""
+    if isinstance(output, tuple):
+        return (new, *output[1:])
+    output.sample = new
+    return output
 
 
 def describe_shape_mismatch(negation: NegationSet, shape: tuple[int, ...], vae_scale_factor: int | None) -> str:

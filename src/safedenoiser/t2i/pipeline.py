@@ -13,6 +13,7 @@ need not be copied). ``save_pretrained`` writes a complete folder that ``from_pr
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -21,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .. import fileio
+from ..models import guidance
 from .text import MAX_TOKENS, encode_prompts, load_minilm
 
 SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "fashion_t2i"
@@ -124,79 +126,100 @@ class FashionTextPipeline(_diffusers_pipeline_base()):
         * ``prompt_embeds_fn(step, prompt_embeds) -> prompt_embeds`` changes the conditional embeddings per step
           (SAFREE's self-validating filter).
         """
-        from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
-        from diffusers.utils.torch_utils import randn_tensor
-
-        if num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        if not guidance_scale == guidance_scale:
-            raise ValueError("guidance_scale is NaN")
-        channels, size, _ = self.image_shape
-        if (height or size) != size or (width or size) != size:
-            raise ValueError(f"this pipeline generates {size}x{size} images, got {height}x{width}")
-        if prompt_embeds is None:
-            if prompt is None:
-                raise ValueError("give a prompt or prompt_embeds")
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            if any(not isinstance(p, str) for p in prompts):
-                raise ValueError("prompts must be strings")
-            batch = len(prompts) * num_images_per_prompt
-            prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
-        else:
-            prompts = None
-            batch = prompt_embeds.shape[0] * num_images_per_prompt
-            prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, 0)
-        cond = self._embeddings(prompts, prompt_embeds, batch, "prompt_embeds")
+        self._check_call(num_inference_steps, guidance_scale, height, width)
+        cond, batch = self._request_embeddings(prompt, prompt_embeds, num_images_per_prompt)
         self._guidance_scale = float(guidance_scale)
         uncond = None
         if self.do_classifier_free_guidance or guidance_fn is not None:
-            if negative_prompt_embeds is None:
-                negative = negative_prompt if negative_prompt is not None else ""
-                if not isinstance(negative, str):
-                    negative = [n for n in negative for _ in range(num_images_per_prompt)]
-                uncond = self._embeddings(negative, None, batch, "negative_prompt")
-            else:
-                uncond = self._embeddings(None, negative_prompt_embeds.repeat_interleave(num_images_per_prompt, 0)
-                                          if negative_prompt_embeds.shape[0] > 1 else negative_prompt_embeds,
-                                          batch, "negative_prompt_embeds")
-
-        import inspect
-
-        accepts = inspect.signature(self.scheduler.step).parameters
-        step_kwargs = {"generator": generator} if "generator" in accepts else {}  # stochastic samplers: per-seed noise
+            uncond = self._base_embeddings(negative_prompt, negative_prompt_embeds, batch, num_images_per_prompt)
+        step_kwargs = self._step_kwargs(generator)
         self.scheduler.set_timesteps(num_inference_steps, device=self.unet.device)
         timesteps = self.scheduler.timesteps
-        shape = (batch, channels, size, size)
-        if latents is None:
-            latents = randn_tensor(shape, generator=generator, device=self.unet.device, dtype=self.unet.dtype)
-        elif tuple(latents.shape) != shape:
-            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(self.unet.device, self.unet.dtype) * self.scheduler.init_noise_sigma
+        latents = self._initial_latents(latents, batch, generator)
         self._num_timesteps = len(timesteps)
         for i, t in enumerate(self.progress_bar(timesteps)):
             step_cond = prompt_embeds_fn(i, cond) if prompt_embeds_fn is not None else cond
-            model_in = self.scheduler.scale_model_input(latents, t)
-            if uncond is not None:
-                out_uncond, out_cond = self.unet(torch.cat([model_in] * 2), t,
-                                                 encoder_hidden_states=torch.cat([uncond, step_cond])).sample.chunk(2)
-                if guidance_fn is not None:
-                    out = guidance_fn(i, t, model_in, out_uncond, out_cond)
-                else:
-                    out = out_uncond + self._guidance_scale * (out_cond - out_uncond)
-            else:
-                out = self.unet(model_in, t, encoder_hidden_states=step_cond).sample
+            out = self._model_output(i, t, self.scheduler.scale_model_input(latents, t), step_cond, uncond, guidance_fn)
             latents = self.scheduler.step(out, t, latents, **step_kwargs, return_dict=False)[0]
             if callback_on_step_end is not None:
                 local = {"latents": latents, "prompt_embeds": cond, "negative_prompt_embeds": uncond}
                 updates = callback_on_step_end(self, i, t, {k: local[k] for k in callback_on_step_end_tensor_inputs})
                 latents = updates.pop("latents", latents)
+        return self._output(latents, output_type, return_dict)
+
+    def _check_call(self, num_inference_steps: int, guidance_scale: float, height: int | None,
+                    width: int | None) -> None:
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if not guidance_scale == guidance_scale:
+            raise ValueError("guidance_scale is NaN")
+        size = self.image_shape[1]
+        if (height or size) != size or (width or size) != size:
+            raise ValueError(f"this pipeline generates {size}x{size} images, got {height}x{width}")
+
+    def _request_embeddings(self, prompt: str | Sequence[str] | None, prompt_embeds: Tensor | None,
+                            per_prompt: int) -> tuple[Tensor, int]:
+        """The conditional branch's embeddings, ``per_prompt`` rows per prompt, and the batch size."""
+        if prompt_embeds is not None:
+            batch = prompt_embeds.shape[0] * per_prompt
+            return self._embeddings(None, prompt_embeds.repeat_interleave(per_prompt, 0), batch, "prompt_embeds"), batch
+        if prompt is None:
+            raise ValueError("give a prompt or prompt_embeds")
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if any(not isinstance(p, str) for p in prompts):
+            raise ValueError("prompts must be strings")
+        batch = len(prompts) * per_prompt
+        prompts = [p for p in prompts for _ in range(per_prompt)]
+        return self._embeddings(prompts, None, batch, "prompt_embeds"), batch
+
+    def _base_embeddings(self, negative_prompt: str | Sequence[str] | None, negative_prompt_embeds: Tensor | None,
+                         batch: int, per_prompt: int) -> Tensor:
+        """The base branch of CFG: the negative prompt's embeddings, else the empty caption's (the null condition;
+        :func:`~safedenoiser.models.guidance.base_condition`)."""
+        if negative_prompt_embeds is not None:
+            if negative_prompt_embeds.shape[0] > 1:
+                negative_prompt_embeds = negative_prompt_embeds.repeat_interleave(per_prompt, 0)
+            return self._embeddings(None, negative_prompt_embeds, batch, "negative_prompt_embeds")
+        negative = guidance.base_condition("", negative_prompt)
+        if not isinstance(negative, str):
+            negative = [n for n in negative for _ in range(per_prompt)]
+        return self._embeddings(negative, None, batch, "negative_prompt")
+
+    def _step_kwargs(self, generator: torch.Generator | list[torch.Generator] | None) -> dict[str, Any]:
+        """Stochastic samplers draw their per-step noise from the caller's generator(s)."""
+        accepts = inspect.signature(self.scheduler.step).parameters
+        return {"generator": generator} if "generator" in accepts else {}
+
+    def _initial_latents(self, latents: Tensor | None, batch: int,
+                         generator: torch.Generator | list[torch.Generator] | None) -> Tensor:
+        from diffusers.utils.torch_utils import randn_tensor
+
+        shape = (batch, *self.image_shape)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=self.unet.device, dtype=self.unet.dtype)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape}, got {tuple(latents.shape)}")
+        return latents.to(self.unet.device, self.unet.dtype) * self.scheduler.init_noise_sigma
+
+    def _model_output(self, step: int, t: Tensor, model_in: Tensor, cond: Tensor, uncond: Tensor | None,
+                      guidance_fn: Callable[..., Tensor] | None) -> Tensor:
+        """The UNet's output at ``t``: one branch, or the batch [base; request] combined by CFG (or ``guidance_fn``)."""
+        if uncond is None:
+            return self.unet(model_in, t, encoder_hidden_states=cond).sample
+        out_uncond, out_cond = self.unet(torch.cat([model_in] * 2), t,
+                                         encoder_hidden_states=torch.cat([uncond, cond])).sample.chunk(2)
+        if guidance_fn is not None:
+            return guidance_fn(step, t, model_in, out_uncond, out_cond)
+        return guidance.combine(out_uncond, out_cond, self._guidance_scale)
+
+    def _output(self, latents: Tensor, output_type: str, return_dict: bool) -> Any:
+        from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
+
         images = latents.float().clamp(-1, 1)
         if output_type == "pt":
             result = images
-        elif output_type == "np":
-            result = self.image_processor.postprocess(images, output_type="np")
         else:
-            result = self.image_processor.postprocess(images, output_type="pil")
+            result = self.image_processor.postprocess(images, output_type="np" if output_type == "np" else "pil")
         if not return_dict:
             return (result,)
         return ImagePipelineOutput(images=result)
