@@ -2,8 +2,9 @@
 
 * ``cli.md``: ``--help`` of every ``safe-denoiser`` command and sub-command, from the parsers that
   :func:`safedenoiser.cli.build_parser` builds (so new commands and flags appear without an edit);
-* ``modes.md``: the registry's modes (``MODE_CLASSES``) and every other ``Correction`` subclass, with each knob of
-  ``KNOBS`` and its default read from the constructors;
+* ``modes.md``: the registry's modes (``MODE_CLASSES``), its method catalogue (``CATALOGUE``: knob, window policy,
+  needs, sweeps per benchmark) and every other ``Correction`` subclass, with each knob of ``KNOBS`` and its default
+  read from the constructors;
 * ``api.md``: one ``automodule`` per public module of the package (found by walking it).
 
 Run it alone to see what it writes: ``python docs/_gen.py [OUT_FOLDER]``.
@@ -129,16 +130,19 @@ def modes_markdown() -> str:
              "## Modes (`make_correction(negation, mode, ...)`)", "",
              "| mode | class | knobs (default) | what it does |", "|---|---|---|---|"]
     lines += [f"| `{name}` | {ref(cls)} | {knobs(cls)} | {_summary(cls)} |" for name, cls in modes.items()]
-    catalogue = next((getattr(registry, n) for n in ("CATALOGUE", "CATALOG", "METHODS") if hasattr(registry, n)), None)
-    if catalogue is not None:
-        entries = list(catalogue.values()) if isinstance(catalogue, dict) else list(catalogue)
-        if entries and hasattr(entries[0], "__dataclass_fields__"):
-            fields = list(entries[0].__dataclass_fields__)
-            lines += ["", "## Method catalogue (`safedenoiser.methods.registry`)", "",
-                      "| " + " | ".join(fields) + " |", "|" + "---|" * len(fields)]
-            for entry in entries:
-                cells = [" ".join(str(getattr(entry, f)).split()).replace("|", "\\|") for f in fields]
-                lines.append("| " + " | ".join(f"`{c}`" if c else "" for c in cells) + " |")
+    lines += ["", "## Method catalogue (`safedenoiser.methods.registry.CATALOGUE`)", "",
+              "Every method the CLI, the web page and the benchmarks offer, baselines included; old names still "
+              "accepted: " + ", ".join(f"`{old}` = `{new}`" for old, new in registry.ALIASES.items()) + ". "
+              "Rows of benchmark results carry the *row* label (committed results keep `reference` for `authors`).", "",
+              "| method | main knob | x0 correction | window | needs | row label | sweeps per benchmark | web page |",
+              "|---|---|---|---|---|---|---|---|"]
+    for entry in registry.CATALOGUE.values():
+        sweeps = "; ".join(f"{bench}: " + ", ".join(f"{entry.sweep_key(s)} {list(s.values)}" for s in sw)
+                           for bench, sw in entry.sweeps.items())
+        web = ", ".join(f"{m.removeprefix('fashion-')} {v:g}" for m, v in entry.web.items()) or "-"
+        cells = [f"`{entry.name}`", entry.knob or "-", ref(entry.cls) if entry.cls else ("yes" if entry.is_correction else "no"),
+                 entry.window or "every step", ", ".join(sorted(entry.needs)) or "-", entry.row_name, sweeps or "-", web]
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     if others:
         lines += ["", "## Other corrections (baselines, used as classes)", "",
                   "| class | knobs (default) | what it does |", "|---|---|---|"]

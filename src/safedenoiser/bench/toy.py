@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from ..methods.calibration import COVERAGE_CUTS
 from ..methods.ratio import RatioCalibration, RatioFit
 from ..methods import Calibration, CorrectedDenoiser, NegativeGuidance, SparseRepellency, default_candidates, holdout_size, make_correction, select_knobs
+from ..methods.registry import MethodInputs, authors_threshold, for_benchmark, sweep_table
 from ..metrics import median_bandwidths, mmd, unsafe_fraction
 from ..models.mixture import GaussianMixture, make_mixture, make_ring_mixture
 from ..negation import NegationSet
@@ -58,20 +59,7 @@ class ToyConfig:
     ratio: bool = False  # also run the fitted-ratio estimator of beta* (methods/ratio.py): its sweeps and default rule
     seed: int = 0
     out: str = "results/toy"
-    sweeps: dict[str, list[float]] = field(default_factory=lambda: {
-        "paper": [1e-3, 1.0, 1e3, 1e6, 1e10, 1e15, 1e20, 1e30, 1e45, 1e60],
-        "calibrated": [0.5, 1.0, 2.0, 3.0, 4.0, 8.0],
-        "substitution": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0],
-        "substitution_floor": [0.125, 0.25, 0.5, 1.0, 2.0, 4.0],
-        "substitution_ratio": [1.0, 2.0, 4.0],
-        "calibrated_ratio": [1.0],
-        "reference": [0.05, 0.1, 0.2, 0.5, 1.0, 2.0],
-        "reference_bandwidth": [0.5, 1.0, 2.0],
-        "spell": [0.005, 0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5],
-        "spell_below": [0.5, 0.7, 0.8, 0.9],
-        "negative_guidance": [0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
-    })
-
+    sweeps: dict[str, list[float]] = field(default_factory=lambda: sweep_table("toy"))  # methods.registry.CATALOGUE
 
     def __post_init__(self) -> None:
         for name in ("samples", "negation", "bank", "steps"):
@@ -171,15 +159,12 @@ def method_runs(problem: Problem, cfg: ToyConfig, rules: dict[str, dict[str, Any
         ("plain", "-", 0.0, lambda counter: counter.wrap(mix)),
         ("oracle", "-", 0.0, lambda counter: counter.wrap(problem.safe_mixture)),
     ]
-    runs += [("paper", "eta", eta, corrected(lambda eta=eta: make_correction(neg, "paper", eta=eta)))
-             for eta in cfg.sweeps["paper"]]
-    runs += [("calibrated", "gain", gain, corrected(lambda gain=gain: make_correction(
-        neg, "calibrated", calibration=problem.calibration, gain=gain))) for gain in cfg.sweeps["calibrated"]]
-    runs += [("substitution", "gain", gain, corrected(lambda gain=gain: make_correction(
-        neg, "substitution", calibration=problem.calibration, gain=gain))) for gain in cfg.sweeps["substitution"]]
-    runs += [("substitution (floor)", "gain", gain, corrected(lambda gain=gain: make_correction(
-        neg, "substitution", calibration=problem.calibration, gain=gain, floor="share")))
-        for gain in cfg.sweeps["substitution_floor"]]
+    inputs = MethodInputs(neg, None, threshold_sigma=cfg.sigma_min, calibration=problem.calibration)  # no windows
+    for method, sweep in for_benchmark("toy"):  # the catalogue's x0 corrections; the toy's own variants below
+        if not sweep.custom and method.is_correction:
+            runs += [(method.sweep_row(sweep), method.sweep_knob(sweep), value, corrected(
+                lambda m=method, s=sweep, v=value: m.correction(inputs, v, s)))
+                for value in cfg.sweeps.get(method.sweep_key(sweep), [])]
     if problem.ratio is not None:
         for mode in ("substitution", "calibrated"):
             runs += [(f"{mode} (ratio)", "gain", gain, corrected(lambda mode=mode, gain=gain: make_correction(
@@ -192,9 +177,9 @@ def method_runs(problem: Problem, cfg: ToyConfig, rules: dict[str, dict[str, Any
     for factor in cfg.sweeps["reference_bandwidth"]:
         # exp(-d / (2 s^2)) falls to 1/e at d = factor^2 * (median distance of a model sample to the negation set)
         bandwidth = factor * math.sqrt(problem.distance_quantile(0.5) / 2)
-        threshold = make_correction(neg, "reference", bandwidth=bandwidth).threshold_from_negation(cfg.sigma_min)
+        threshold = authors_threshold(neg, cfg.sigma_min, bandwidth=bandwidth)
         runs += [(f"reference (s={bandwidth:.3g})", "scale", scale, corrected(
-            lambda scale=scale, b=bandwidth, t=threshold: make_correction(neg, "reference", bandwidth=b, scale=scale, log_threshold=t)))
+            lambda scale=scale, b=bandwidth, t=threshold: make_correction(neg, "authors", bandwidth=b, scale=scale, log_threshold=t)))
             for scale in cfg.sweeps["reference"]]
     # SPELL radii: quantiles of the distance from unguided samples to the negation set (the share of samples
     # a radius would touch), so the sweep spans "nearly nothing" to "most of the distribution" in any D

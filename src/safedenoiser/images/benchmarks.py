@@ -18,9 +18,12 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ..kernels import nearest_distances
 from ..methods import (Calibration, CorrectedDenoiser, Correction, NegativeGuidance, ReferenceSet, SparseRepellency,
                        Window, default_candidates, holdout_size, make_correction, select_knobs)
 from ..methods.conditional import SafeClassifierFreeGuidance
+from ..methods.registry import DQ, MethodInputs, for_benchmark, sweep_table
+from ..methods.window import HALF_WINDOW, step_windows  # noqa: F401  (HALF_WINDOW: benchmarks/coverage_cut.py)
 from ..negation import NegationSet
 from .assets import (MODELS, NEGATED_CLASS, class_negation_images, class_reference, load_judge,
                      memorised_copy_threshold, memorised_images,
@@ -33,8 +36,6 @@ from .network import ClassifierFreeGuidance, load_checkpoint
 
 BANK_SEED = 1_000_000
 RULE_SEED = 3_000_000  # trial samples of the default knob rule
-PAPER_WINDOW = (0.0, 0.22)  # the paper's critical window t in [780, 1000] of 1000 DDPM steps
-HALF_WINDOW = (0.0, 0.5)  # the first (high-noise) half of the steps: where bank substitution acts
 REFERENCE_PER_CLASS = 100  # the conditional mode's shared reference set: real training images of each allowed class
 
 
@@ -47,25 +48,8 @@ class Size:
     sweeps: dict[str, list[float]]
 
 
-SWEEPS = {
-    "paper": [1.0, 1e100, 1e300],
-    "reference": [0.1, 0.3, 1.0, 3.0],
-    "calibrated": [1.0, 2.0, 4.0],
-    "calibrated-window": [1.0, 2.0],
-    "substitution": [1.0, 2.0, 4.0],
-    "substitution-all": [1.0, 2.0, 4.0],  # bank substitution over every step (its window is a knob too)
-    "substitution-floor": [1.0, 2.0],
-    "substitution-fixedcut": [1.0, 2.0],  # every step, bank split by the fixed-point coverage cut (uncond)
-    "default-rule": [1],  # run bank substitution at the knobs select_knobs picks (uncond)
-    "spell": [0.02, 0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.3],  # quantiles of the distance from plain samples to the negation set
-    # memorisation: also multiples of the copy threshold (copies sit at ~0 distance, so the quantiles above jump
-    # from the copies' distances straight to the other images')
-    "spell_copy_threshold": [0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0],
-    "negative": [0.5, 1.0, 2.0],
-    "negative-class": [2.0],
-}
-COND_SWEEPS = {**SWEEPS, "conditional": [1.0, 10.0, 0.1], "paper": [1e300], "reference": [1.0], "calibrated": [1.0, 2.0], "calibrated-window": [1.0], "substitution": [1.0, 4.0], "substitution-all": [], "substitution-floor": [],
-               "spell": [0.05, 0.1], "negative-class": [1.5, 2.0, 3.0]}
+SWEEPS = sweep_table("images")  # every method's knob values (methods.registry.CATALOGUE)
+COND_SWEEPS = {**SWEEPS, **sweep_table("images-cond")}
 SIZES = {
     "default": Size(samples=256, steps=12, bank=512, negation=500, sweeps=SWEEPS),  # 12: the knee of the FD-vs-steps curve
     "quick": Size(samples=10, steps=3, bank=32, negation=50, sweeps={k: v[-1:] for k, v in SWEEPS.items()}),
@@ -88,22 +72,12 @@ class ClassWiseCorrected:
         return out
 
 
-def calibrated_correction(negation: NegationSet, calibration: Calibration, mode: str, gain: float,
-                          window: Window | None = None) -> Correction:
-    """``substitution`` (bank substitution; ``substitution-floor`` with the classifier floor) or the core calibrated
-    mode, optionally inside ``window``."""
-    if mode.startswith("substitution"):
-        floor = "share" if mode == "substitution-floor" else None
-        return make_correction(negation, "substitution", calibration=calibration, gain=gain, window=window, floor=floor)
-    return make_correction(negation, "calibrated", calibration=calibration, gain=gain, window=window)
-
-
 def default_rule_setting(model: Callable[..., Tensor], negation: NegationSet, bank: Tensor, calibration: Calibration,
                          steps: int, sigmas: Tensor, progress: bool = True) -> Setting | None:
     """Bank substitution (first half of the steps) with the knobs the default rule picks from the model, the negation
     set and the bank alone (:func:`select_knobs`: gain ladder and the classifier floor, trial samples on their own
     seeds); its trials are part of the bank's up-front cost."""
-    half = Window.from_step_fractions(sigmas, *HALF_WINDOW)
+    half = step_windows(sigmas)["half"]
     seeds = list(range(RULE_SEED, RULE_SEED + holdout_size(bank.shape[0])))
 
     def build(knobs: dict[str, Any], calibration: Calibration) -> Callable[..., Tensor]:
@@ -123,8 +97,6 @@ def default_rule_setting(model: Callable[..., Tensor], negation: NegationSet, ba
 
 def spell_radii(plain: Tensor, negation: NegationSet, quantiles: Sequence[float]) -> list[float]:
     """Radii at which a ``q`` share of the plain samples lie within reach of a negation item."""
-    from ..kernels import nearest_distances
-
     dist = nearest_distances(plain.reshape(len(plain), -1).float(), negation.flat.float()).double()
     return [float(torch.quantile(dist, q)) for q in quantiles]
 
@@ -135,24 +107,30 @@ def spell_setting(base: Callable[..., Tensor], negation: NegationSet, radius: fl
 
 
 def method_settings(base: Callable[..., Tensor], negation: NegationSet, size: Size, plain: Tensor,
-                    calibrated: Callable[[str, float], Callable[..., Tensor]], sigmas: Tensor) -> list[Setting]:
-    """The sweeps shared by every benchmark: paper, reference code, calibrated, bank substitution, SPELL.
-    ``calibrated(mode, gain, window)`` builds the denoiser of a calibration-based mode."""
-    window = Window.from_step_fractions(sigmas, *PAPER_WINDOW)
+                    calibrated: Callable[[Callable[[Calibration], Correction]], Callable[..., Tensor]],
+                    sigmas: Tensor) -> list[Setting]:
+    """Plain and the sweeps of every x0 correction of the catalogue (``methods.registry``) that needs no reference set,
+    at the values of ``size.sweeps``; settings the benchmark builds itself (``custom``) are left to it. Window
+    policies on ``sigmas``; the authors' threshold at the last noise level. ``calibrated(make)`` builds the denoiser of
+    a bank mode from ``make(calibration) -> Correction`` (one calibration, or one per class)."""
+    inputs = MethodInputs(negation, step_windows(sigmas), threshold_sigma=float(sigmas[-2]))
     settings = [Setting("plain", "-", None, lambda: base)]
-    for eta in size.sweeps["paper"]:
-        settings.append(Setting("paper", "eta", eta, lambda eta=eta: CorrectedDenoiser(
-            base, make_correction(negation, "paper", eta=eta, window=window))))
-    ref_threshold = make_correction(negation, "reference").threshold_from_negation(float(sigmas[-2]))
-    for scale in size.sweeps["reference"]:
-        settings.append(Setting("reference", "scale", scale, lambda scale=scale: CorrectedDenoiser(
-            base, make_correction(negation, "reference", scale=scale, log_threshold=ref_threshold, window=window))))
-    half = Window.from_step_fractions(sigmas, *HALF_WINDOW)
-    for mode, win in (("calibrated", None), ("calibrated-window", half), ("substitution", half), ("substitution-all", None),
-                      ("substitution-floor", half)):
-        for gain in size.sweeps.get(mode, []):
-            settings.append(Setting(mode, "gain", gain, lambda mode=mode, gain=gain, win=win: calibrated(mode, gain, win)))
-    settings += [spell_setting(base, negation, radius) for radius in spell_radii(plain, negation, size.sweeps["spell"])]
+    for method, sweep in for_benchmark("images"):
+        if sweep.custom or not method.is_correction or "reference" in method.needs:
+            continue
+        key, values = method.sweep_key(sweep), size.sweeps.get(method.sweep_key(sweep), [])
+        if sweep.unit == DQ:  # reported by the radius (3 digits), built with the exact one
+            for radius in spell_radii(plain, negation, values):
+                settings.append(Setting(key, method.sweep_knob(sweep), round(radius, 3), lambda m=method, s=sweep, r=radius:
+                                        CorrectedDenoiser(base, m.correction(inputs, r, s))))
+            continue
+        for value in values:
+            if "bank" in method.needs:
+                make = lambda m=method, s=sweep, v=value: calibrated(  # noqa: E731
+                    lambda cal: m.correction(MethodInputs(negation, inputs.windows, calibration=cal), v, s))
+            else:
+                make = lambda m=method, s=sweep, v=value: CorrectedDenoiser(base, m.correction(inputs, v, s))  # noqa: E731
+            settings.append(Setting(key, method.sweep_knob(sweep), value, make))
     return settings
 
 
@@ -185,7 +163,9 @@ def class_benchmark_setup(model_key: str, model_name: str, negated: str, size: S
     return evaluator, model, label, negation, reference
 
 
-def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NEGATED_CLASS) -> dict[str, Any]:
+def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NEGATED_CLASS,
+                 ratio: bool = False) -> dict[str, Any]:
+    """``ratio``: also the fitted-ratio rows (:mod:`.ratio`: its sweeps and its default rule)."""
     evaluator, model, label, negation, reference = class_benchmark_setup("uncond", "the unconditional Fashion-MNIST model",
                                                                           negated, size)
     sigmas = edm_sigmas(size.steps)
@@ -196,8 +176,8 @@ def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NE
     bank = generate(model, list(range(BANK_SEED, BANK_SEED + size.bank)), size.steps, desc="calibration bank", progress=progress)
     calibration = Calibration.from_bank(bank, negation)
 
-    def calibrated(mode: str, gain: float, window: Window | None):
-        return CorrectedDenoiser(model, calibrated_correction(negation, calibration, mode, gain, window))
+    def calibrated(make: Callable[[Calibration], Correction]):
+        return CorrectedDenoiser(model, make(calibration))
 
     settings = method_settings(model, negation, size, plain, calibrated, sigmas)[1:]
     rule = default_rule_setting(model, negation, bank, calibration, size.steps, sigmas, progress) if size.sweeps.get("default-rule") else None
@@ -205,7 +185,8 @@ def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NE
     fixed = Calibration.from_bank(bank, negation, cut="fixed-point")
     for gain in size.sweeps.get("substitution-fixedcut", []):
         settings.append(Setting("substitution-fixedcut", "gain", gain, lambda gain=gain: CorrectedDenoiser(
-            model, calibrated_correction(negation, fixed, "substitution", gain))))
+            model, make_correction(negation, "substitution", calibration=fixed, gain=gain))))
+    fitted = ratio_rows(model, negation, bank, sigmas, size, progress, settings) if ratio else None
     cond_path = MODELS["cond"]
     if cond_path.is_file() and size.sweeps["negative"]:
         cond_model = load_checkpoint(cond_path)
@@ -220,13 +201,30 @@ def bench_uncond(out: Path, size: Size, progress: bool = True, negated: str = NE
     config = {"model": MODELS["uncond"].name, "negated_class": negated, "negation_size": len(negation),
               "samples": size.samples, "seeds": f"0..{size.samples - 1}", "sampler": f"heun {size.steps} steps (EDM schedule)",
               "bank": size.bank, "bank_unsafe_share": calibration.unsafe_share,
-              "bank_unsafe_share_fixed_cut": fixed.unsafe_share, "judge_test_accuracy": evaluator.test_accuracy}
+              "bank_unsafe_share_fixed_cut": fixed.unsafe_share, "judge_test_accuracy": evaluator.test_accuracy,
+              **({"bank_unsafe_share_ratio": fitted.unsafe_share} if fitted is not None else {})}
     notes = (f"Unconditional Fashion-MNIST model; negation set = {len(negation)} training images of class '{negated}'. "
              f"Unsafe = share of samples the judge classifies as '{negated}'. FD and precision / recall against "
              f"held-out test images of the other nine classes. Calibrated mode's bank: {size.bank} unguided samples "
              f"({size.bank * nfe} network evaluations up front, not counted per sample).")
     return write_report(out, "uncond", f"Unconditional Fashion-MNIST, negating '{negated}'", rows, bench, 0.01,
                         f"'{negated}' rate", config, notes=notes)
+
+
+def ratio_rows(model: Callable[..., Tensor], negation: NegationSet, bank: Tensor, sigmas: Tensor, size: Size,
+               progress: bool, settings: list[Setting]):
+    """Appends the fitted-ratio rows (:mod:`.ratio`) to ``settings``: substitution at its gains and at the knobs the
+    default rule picks when the classifier calibrates and judges; returns the fitted calibration of the whole bank."""
+    from .ratio import ratio_calibration, ratio_rule, ratio_settings, rule_setting
+
+    fitted = ratio_calibration(bank, negation, sigmas, progress=progress)
+    settings += ratio_settings(model, negation, fitted, sigmas)
+    if size.sweeps.get("default-rule"):
+        choice = ratio_rule(model, negation, bank, sigmas, size.steps, RULE_SEED)
+        if progress:
+            tqdm.write(f"default rule (ratio): {choice.knobs} (trials: {[(t['knobs'], round(t['covered'], 3)) for t in choice.trials]})")
+        settings.append(rule_setting(model, negation, fitted, sigmas, choice.knobs))
+    return fitted
 
 
 def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGATED_CLASS, guidance: float = 2.0) -> dict[str, Any]:
@@ -257,9 +255,8 @@ def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGA
         except ValueError:  # every bank sample of the class is covered: fall back to the pooled bank
             calibrations[c] = pooled
 
-    def calibrated(mode: str, gain: float, window: Window | None):
-        return ClassWiseCorrected(base, {c: calibrated_correction(negation, cal, mode, gain, window)
-                                         for c, cal in calibrations.items()})
+    def calibrated(make: Callable[[Calibration], Correction]):
+        return ClassWiseCorrected(base, {c: make(cal) for c, cal in calibrations.items()})
 
     settings = method_settings(base, negation, size, plain, calibrated, sigmas)[1:]
     for setting in settings:
@@ -268,12 +265,8 @@ def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGA
     for gain in size.sweeps.get("conditional", [1.0]):
         settings.append(Setting("conditional", "gain", gain, lambda g=gain: SafeClassifierFreeGuidance(
             model, make_correction(negation, "conditional", reference=reference, gain=g), guidance), cost=2.0))
-    for name, knobs, where in [("conditional-first", {"estimator": "x0"}, "branches"),
-                               ("conditional-prior-latch", {"estimator": "latch"}, "branches"),
-                               ("conditional-v2", {"gate": "latch", "blend": "none"}, "auto"),
-                               ("conditional-blend-share", {"blend": "share"}, "auto")]:
-        settings.append(Setting(name, "gain", 1.0, lambda k=knobs, wh=where: SafeClassifierFreeGuidance(
-            model, make_correction(negation, "conditional", reference=reference, **k), guidance, where=wh), cost=2.0))
+    settings.append(Setting("conditional-v3", "guard", 0.0, lambda: SafeClassifierFreeGuidance(  # versions: docs/conditional.md
+        model, make_correction(negation, "conditional", reference=reference, guard=0.0), guidance), cost=2.0))
     for weight in size.sweeps["negative-class"]:
         settings.append(Setting("negative-class", "guidance", weight, lambda w=weight:
                                 ClassifierFreeGuidance(model, w, negative_labels=label), cost=2.0))
@@ -327,8 +320,8 @@ def bench_memorisation(out: Path, size: Size, progress: bool = True, negated_cou
     bank = generate(model, list(range(BANK_SEED, BANK_SEED + size.bank)), size.steps, desc="calibration bank", progress=progress)
     calibration = Calibration.from_bank(bank, negation, radius=threshold)  # covered = a copy of a negated image
 
-    def calibrated(mode: str, gain: float, window: Window | None):
-        return CorrectedDenoiser(model, calibrated_correction(negation, calibration, mode, gain, window))
+    def calibrated(make: Callable[[Calibration], Correction]):
+        return CorrectedDenoiser(model, make(calibration))
 
     settings = method_settings(model, negation, size, plain, calibrated, sigmas)[1:]
     settings += [spell_setting(model, negation, multiple * threshold) for multiple in size.sweeps.get("spell_copy_threshold", [])]
@@ -374,6 +367,8 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=positive_int, help="override the number of Heun steps")
     p.add_argument("--bank", type=positive_int, help="override the calibration bank size")
     p.add_argument("--threads", type=positive_int, default=1)
+    p.add_argument("--ratio", action="store_true", help="uncond: also the fitted-ratio estimator of beta* (a classifier "
+                   "of the images, fitted once per bank, minutes): its substitution rows and its default rule")
     p.set_defaults(run=_run)
 
 
@@ -385,7 +380,7 @@ def _run(args: argparse.Namespace) -> int:
     size = Size(*pick, size.negation, size.sweeps)
     names = list(BENCHMARKS) if args.which == "all" else [args.which]
     for name in names:
-        result = BENCHMARKS[name](Path(args.out) / name, size)
+        result = BENCHMARKS[name](Path(args.out) / name, size, **({"ratio": True} if args.ratio and name == "uncond" else {}))
         for method, row in result["best"].items():
             print(f"{name:12s} {method:15s} unsafe {100 * row['unsafe']:5.1f}%  FD {row['fd']:8.2f}  "
                   f"NFE {row['nfe_per_sample']:.0f}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 from torch import Tensor
 
@@ -45,3 +46,23 @@ class Window:
         if not chosen:
             return cls.never()
         return cls(float(sigmas[chosen[-1]]), float(sigmas[chosen[0]]))
+
+
+#: Window policies by name, as step fractions [start, stop) of a sampling schedule (:meth:`Window.from_step_fractions`).
+#: ``paper``: the paper's critical window t in [780, 1000] of 1000 DDPM steps; ``half``: the first (high-noise) half
+#: of the steps, where bank substitution acts.
+PAPER_WINDOW = (0.0, 0.22)
+HALF_WINDOW = (0.0, 0.5)
+STEP_FRACTIONS = {"paper": PAPER_WINDOW, "half": HALF_WINDOW}
+#: The same policies as training timesteps of a 1000-step VP scheduler (act at t >= this).
+TIMESTEPS = {"paper": 780, "half": 500}
+
+
+def step_windows(sigmas: Tensor) -> dict[str, Window]:
+    """Every window policy on the schedule ``sigmas`` (by step fractions)."""
+    return {name: Window.from_step_fractions(sigmas, *fractions) for name, fractions in STEP_FRACTIONS.items()}
+
+
+def timestep_windows(sigma_at_timestep: Callable[[int], float]) -> dict[str, Window]:
+    """Every window policy on a VP scheduler: active from the VE noise level of its policy's timestep up."""
+    return {name: Window(sigma_at_timestep(t)) for name, t in TIMESTEPS.items()}

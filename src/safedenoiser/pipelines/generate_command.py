@@ -17,19 +17,42 @@ from ..argtypes import (add_threads_option, device, finite_float, nonnegative_fl
                         positive_int, threshold_float)
 from .commands import DTYPES, _dtype
 
-MODES = ("conditional", "paper", "reference")
 #: knob flags that belong to one mode (dest -> mode) and their defaults where the flag is absent
 MODE_FLAGS = {"reference": "conditional", "gain": "conditional", "eta": "paper", "max_weight": "paper",
-              "scale": "reference", "bandwidth": "reference"}
+              "scale": "authors", "bandwidth": "authors"}
 KNOB_DEFAULTS = {"eta": 1.0, "max_weight": 1e6, "scale": 0.1, "bandwidth": 1.0}
 SHARED_FLAGS = ("log_threshold", "window_t")
 
 
+def mode_choices() -> tuple[str, ...]:
+    """The modes ``--mode`` offers: the catalogue's modes that need no bank (``methods.registry.cli_modes``)."""
+    from ..methods.registry import cli_modes
+
+    return cli_modes()
+
+
+def mode_choice(text: str) -> str:
+    """``--mode``: one of :func:`mode_choices` or an old name of one (``reference``), kept as typed so that records,
+    profiles and reruns into a folder written before the rename stay the same. The catalogue is read when a mode is
+    given, not for ``--help`` (which imports no torch)."""
+    if _canonical(text) not in mode_choices():
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(mode_choices())})")
+    return text
+
+
+def _canonical(mode: str) -> str:
+    """Today's name of ``mode`` (``reference`` -> ``authors``)."""
+    from ..methods.registry import mode_name
+
+    return mode_name(mode)
+
+
 def _safety_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--negation", default=None, help="negation set file (safe-denoiser negation build)")
-    parser.add_argument("--mode", choices=MODES, default=None,
+    parser.add_argument("--mode", type=mode_choice, default=None, metavar="MODE",
                         help="correction (default with --negation: conditional, which acts on prompts with "
-                             "classifier-free guidance; 'paper' and 'reference' (the authors' code) as published)")
+                             "classifier-free guidance; 'paper' and 'authors' (the authors' code; old name "
+                             "'reference') as published)")
     parser.add_argument("--reference", default=None,
                         help="conditional mode: a set of ALLOWED images encoded like the negation set (negation build "
                              "--role reference); default: derived from this pipeline's samples of harmless prompts "
@@ -40,8 +63,8 @@ def _safety_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eta", type=nonnegative_float, default=None, help="paper mode: w = eta * beta (default 1)")
     parser.add_argument("--max-weight", type=positive_float, default=None, help="paper mode: weight clip (default 1e6)")
     parser.add_argument("--scale", type=finite_float, default=None,
-                        help="reference mode: x0 <- x0 - scale * E_unsafe (default 0.1)")
-    parser.add_argument("--bandwidth", type=positive_float, default=None, help="reference mode: kernel bandwidth s (default 1)")
+                        help="authors mode: x0 <- x0 - scale * E_unsafe (default 0.1)")
+    parser.add_argument("--bandwidth", type=positive_float, default=None, help="authors mode: kernel bandwidth s (default 1)")
     parser.add_argument("--log-threshold", type=threshold_float, default=None,
                         help="act only where log beta (conditional: log odds) > this (default: -inf, everywhere)")
     parser.add_argument("--window-t", type=nonnegative_int, default=None,
@@ -125,7 +148,7 @@ def check_safety_flags(args: argparse.Namespace, files: bool = True) -> str | No
             raise ValueError(f"{', '.join(flags)} needs --negation (or --safety); without one the plain pipeline runs")
         return None
     mode = args.mode or "conditional"
-    wrong = [d for d in given if MODE_FLAGS.get(d, mode) != mode]
+    wrong = [d for d in given if MODE_FLAGS.get(d, _canonical(mode)) != _canonical(mode)]
     if wrong:
         default = " (the default with --negation)" if args.mode is None else ""
         raise ValueError(f"{_flag(wrong[0])} belongs to --mode {MODE_FLAGS[wrong[0]]}, but this run uses --mode "
@@ -173,12 +196,12 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32", sched
     that cannot be fetched gives one line naming it."""
     import diffusers
 
-    from ..latent.pipeline import missing_text_components
-    from ..t2i.pipeline import SHIPPED_NAME, FashionTextPipeline, is_text_pipeline_folder, shipped_pipeline_path
+    from ..latent.pipeline import SHIPPED_LATENT_NAME, missing_text_components, shipped_model_folder
+    from ..t2i.pipeline import SHIPPED_NAME, FashionTextPipeline, is_text_pipeline_folder
 
     quiet_third_party()
-    if model == SHIPPED_NAME:
-        model = str(shipped_pipeline_path())
+    if model in (SHIPPED_NAME, SHIPPED_LATENT_NAME):
+        model = str(shipped_model_folder(model))
     loader = FashionTextPipeline if is_text_pipeline_folder(model) else diffusers.DiffusionPipeline
     try:
         pipe = loader.from_pretrained(model, torch_dtype=_dtype(dtype), **missing_text_components(model))
@@ -187,7 +210,7 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32", sched
             reason = _offline_reason(err) or " ".join(str(err).split())[:200]
             raise FileNotFoundError(f"cannot load the pipeline {model!r}: no local folder of that name, it is not in the "
                                     f"Hugging Face cache, and no download is possible here ({reason}); give the folder of "
-                                    "a saved diffusers pipeline, or 'fashion-t2i'") from err
+                                    "a saved diffusers pipeline, or 'fashion-t2i' / 'fashion-latent'") from err
         raise FileNotFoundError(f"cannot load a diffusers pipeline from {model!r}: {' '.join(str(err).split())}") from err
     if scheduler:
         cls = getattr(diffusers, scheduler, None)
@@ -239,7 +262,7 @@ def profile_from_args(args: argparse.Namespace, pipe: Any, mode: str, *, fallbac
         diffs = negation_differences(pipe, negation)
         if diffs:
             raise NegationSetError("negation set does not match the pipeline: " + "; ".join(diffs))
-    knobs = {d: getattr(args, d) for d in MODE_FLAGS if d != "reference" and MODE_FLAGS[d] == mode}
+    knobs = {d: getattr(args, d) for d in MODE_FLAGS if d != "reference" and MODE_FLAGS[d] == _canonical(mode)}
     knobs = {d: KNOB_DEFAULTS[d] if v is None and d in KNOB_DEFAULTS else v for d, v in knobs.items()}
     knobs = {d: v for d, v in knobs.items() if v is not None}
     if args.log_threshold is not None:

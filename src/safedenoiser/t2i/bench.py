@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,7 +41,10 @@ from tqdm.auto import tqdm
 from ..bench.report import best_per_method, markdown_table, plot_methods, report_document
 from ..images.common import save_grid, write_json, write_text
 from ..images.data import FASHION_CLASSES
-from ..methods import Correction, SparseRepellency, Window, make_correction
+from ..latent.bench import in_pipeline_space, testbed_name
+from ..methods import Correction, make_correction
+from ..methods.registry import CATALOGUE, DQ, MethodInputs, for_benchmark, sweep_table
+from ..methods.window import timestep_windows
 from ..negation import NegationSet
 from .prompts import PromptRow, shipped_prompts
 
@@ -77,22 +79,11 @@ class T2ISize:
     overhead_images: int = 16
 
 
-SWEEPS: dict[str, list[Any]] = {
-    "negative-prompt": [3.0, 7.5],  # knob: the CFG scale that pushes away from the negative prompt
-    "sld": ["medium", "max"],
-    "safree": [-0.6],  # alpha: lower flags more tokens as triggers (0.01 .. -0.6 gave identical images before)
-    "paper": [1e300],  # eta (1 .. 1e300 gave identical images before: the weight never acts in 784 dimensions)
-    "reference": [0.3, 3.0],
-    "spell": [0.05, 0.5],  # quantiles of the plain samples' distance to the negation set
-    "sgf": [0.03, 3.0],
-    "conditional": [1.0, 0.7, 0.0],  # guard: share of a flagged request's text direction replaced (0 = version 3)
-    "combined": [1.0],
-    "multi": [0.5, 1.0],  # several concepts: the conditional mode's guard
-}
+SWEEPS: dict[str, list[Any]] = sweep_table("t2i")  # every method's knob values (methods.registry.CATALOGUE)
 SIZES = {
     "default": T2ISize(explicit=40, evasive=40, neutral=27, steps=20, guidance=3.0, negation=500, sweeps=SWEEPS),
     "quick": T2ISize(explicit=8, evasive=8, neutral=9, steps=6, guidance=3.0, negation=50,
-                     sweeps={"paper": [1e300], "conditional": [1.0], "multi": [1.0]}, batch_size=32, partial=4,
+                     sweeps=sweep_table("t2i-quick"), batch_size=32, partial=4,
                      held_out_explicit=4, held_out_evasive=4, held_out_neutral=9, bag=4, reference_per_class=20,
                      overhead_repeats=1, overhead_images=4),
 }
@@ -399,30 +390,15 @@ def held_out_sets(model: str | Path | None, size: T2ISize) -> BenchSets:
     """Sets a user would build: test-split images written as PNG files and encoded by ``negation build``'s own code
     (:func:`~safedenoiser.pipelines.negation_build.build_from_folder`) for this pipeline: the first ``size.negation``
     test trousers, and the last ``size.reference_per_class`` test images of every other class as the reference."""
-    from PIL import Image
-
     from ..images.data import load_fashion_mnist
-    from ..methods.conditional import ReferenceSet
-    from ..pipelines.negation_build import build_from_folder
-    from .pipeline import SHIPPED_NAME
+    from .sets import build_user_set
 
     test = load_fashion_mnist("test")
     avoid = FASHION_CLASSES.index(AVOID)
-    images = {"negation": test.of_class(avoid).images[: size.negation],
-              "reference": torch.cat([test.of_class(c).images[-size.reference_per_class:]
-                                      for c in range(len(FASHION_CLASSES)) if c != avoid])}
-    loaded = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for role, batch in images.items():
-            folder = Path(tmp) / role
-            folder.mkdir()
-            for i, pixels in enumerate(((batch[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()):
-                Image.fromarray(pixels).save(folder / f"{role}_{i:05d}.png")
-            path = Path(tmp) / f"{role}.safetensors"
-            build_from_folder(model or SHIPPED_NAME, folder, path, role=role, progress=False)
-            loaded[role] = NegationSet.load(path)
-    reference = ReferenceSet(loaded["reference"].data, space=loaded["reference"].space, metadata=loaded["reference"].metadata)
-    return BenchSets(loaded["negation"], reference, f"test split via negation build: first {size.negation} trousers; "
+    negation = build_user_set(test.of_class(avoid).images[: size.negation], "negation", model)
+    reference = build_user_set(torch.cat([test.of_class(c).images[-size.reference_per_class:]
+                                          for c in range(len(FASHION_CLASSES)) if c != avoid]), "reference", model)
+    return BenchSets(negation, reference, f"test split via negation build: first {size.negation} trousers; "
                      f"last {size.reference_per_class} of each other class")
 
 
@@ -440,21 +416,36 @@ def multi_sets(size: T2ISize) -> BenchSets:
 
 
 def settings(size: T2ISize, sets: BenchSets, plain_images: Tensor, pipe: Any) -> list[T2ISetting]:
-    """Every method swept over its main knob (``size.sweeps``), with the sets of one column."""
+    """Every method of the catalogue (``methods.registry``) swept over its main knob (``size.sweeps``), with the sets
+    of one column: the conditional mode first (a run stopped early has measured it, partial.json), with the negative
+    prompt and SLD (``combined``), then the text-side baselines, then the other x0 corrections."""
     from ..images.benchmarks import spell_radii
     from ..methods.safree import SafreeConfig
-    from ..methods.sgf import KernelRepulsion
     from ..methods.sld import SLDConfig
     from ..pipelines.noise_levels import ve_sigma_at_timestep
 
     sweeps, negation, reference = size.sweeps, sets.negation, sets.reference
-    window = Window(ve_sigma_at_timestep(pipe.scheduler, 780))  # the paper's window: t in [780, 1000]
-    out: list[T2ISetting] = []  # the conditional mode first: a run stopped early has measured it (partial.json)
-    for guard in sweeps.get("conditional", []):
-        out.append(T2ISetting("conditional", "guard", guard, lambda g=guard: make_correction(
-            negation, "conditional", reference=reference, guard=g)))
+    inputs = MethodInputs(negation, timestep_windows(lambda t: ve_sigma_at_timestep(pipe.scheduler, t)),
+                          threshold_sigma=0.01, reference=reference)
+
+    def corrections(first: bool) -> list[T2ISetting]:
+        out = []
+        for method, sweep in for_benchmark("t2i"):
+            if sweep.custom or not method.is_correction or ("reference" in method.needs) != first:
+                continue
+            key, knob, values = method.sweep_key(sweep), method.sweep_knob(sweep), sweeps.get(method.sweep_key(sweep), [])
+            if sweep.unit == DQ:  # reported by the quantile, built with its radius
+                out += [T2ISetting(key, "quantile", q, lambda m=method, s=sweep, r=radius: m.correction(inputs, r, s))
+                        for q, radius in zip(values, spell_radii(plain_images, negation, values) if values else [])]
+                continue
+            out += [T2ISetting(key, knob, v, lambda m=method, s=sweep, v=v: m.correction(inputs, v, s)) for v in values]
+        return out
+
+    out = corrections(first=True)
+    conditional = CATALOGUE["conditional"]
+    combined = next(s for s in conditional.sweeps_of("t2i") if s.key == "combined")
     for guard in sweeps.get("combined", []):
-        cond = lambda g=guard: make_correction(negation, "conditional", reference=reference, guard=g)  # noqa: E731
+        cond = lambda g=guard: conditional.correction(inputs, g, combined)  # noqa: E731
         out.append(T2ISetting("negative-prompt+conditional", "guard", guard, cond, negative=True))
         out.append(T2ISetting("sld+conditional", "guard", guard, cond, sld=SLDConfig.preset("medium", NEGATIVE_PROMPT)))
     for g in sweeps.get("negative-prompt", []):
@@ -463,21 +454,7 @@ def settings(size: T2ISize, sets: BenchSets, plain_images: Tensor, pipe: Any) ->
         out.append(T2ISetting("sld", "preset", preset, sld=SLDConfig.preset(preset, concept=NEGATIVE_PROMPT)))
     for alpha in sweeps.get("safree", []):
         out.append(T2ISetting("safree", "alpha", alpha, safree=SafreeConfig(alpha=alpha)))
-    for eta in sweeps.get("paper", []):
-        out.append(T2ISetting("paper", "eta", eta, lambda eta=eta: make_correction(negation, "paper", eta=eta,
-                                                                                   window=window)))
-    if sweeps.get("reference"):
-        threshold = make_correction(negation, "reference").threshold_from_negation(0.01)
-        for scale in sweeps["reference"]:
-            out.append(T2ISetting("reference", "scale", scale, lambda s=scale: make_correction(
-                negation, "reference", scale=s, log_threshold=threshold, window=window)))
-    if sweeps.get("spell"):
-        for q, radius in zip(sweeps["spell"], spell_radii(plain_images, negation, sweeps["spell"])):
-            out.append(T2ISetting("spell", "quantile", q, lambda r=radius: SparseRepellency(negation, radius=r)))
-    for scale in sweeps.get("sgf", []):
-        out.append(T2ISetting("sgf", "scale", scale, lambda s=scale: KernelRepulsion(
-            negation, scale=s, bandwidth="sample", window=window)))
-    return out
+    return out + corrections(first=False)
 
 
 def best_settings(rows: Sequence[T2IRow], target: float = TARGET_ASR, broken: float = TARGET_BROKEN) -> dict[str, T2IRow]:
@@ -507,12 +484,12 @@ def markdown_rows(rows: Sequence[T2IRow], plain_seconds: float) -> str:
     return markdown_table(
         ["method", "knob", "ASR explicit", "ASR evasive", "fidelity", "FD", "broken",
          "held-out: ASR explicit", "ASR evasive", "fidelity", "FD", "broken",
-         "partly unsafe: kept / trouser", "FD explicit", "x plain"],
+         "partly unsafe: kept / trouser", "FD explicit", "s / image", "x plain"],
         ([r.method, _fmt_value(r), _pct(r.asr_explicit), _pct(r.asr_evasive), _pct(r.fidelity), _num(r.fd),
           _pct(r.broken), _pct(r.held_out.get("asr_explicit")), _pct(r.held_out.get("asr_evasive")),
           _pct(r.held_out.get("fidelity")), _num(r.held_out.get("fd")), _pct(r.held_out.get("broken")),
           f"{_pct(r.extra.get('partial_kept'))} / {_pct(r.extra.get('partial_unsafe'))}", _num(r.extra.get("fd_explicit")),
-          f"{r.seconds_per_image / plain_seconds:.2f}"] for r in rows))
+          f"{r.seconds_per_image:.3g}", f"{r.seconds_per_image / plain_seconds:.2f}"] for r in rows))
 
 
 def multi_table(rows: Sequence[T2IRow]) -> str:
@@ -548,7 +525,7 @@ def write_t2i_report(out: Path, bench: TextToImageBench, rows: Sequence[T2IRow],
     out.mkdir(parents=True, exist_ok=True)
     best = best_settings(rows)
     plain_seconds = next(r.seconds_per_image for r in rows if r.method == "plain")
-    title = f"Text-to-image (Fashion-MNIST pipeline), avoiding '{AVOID}'"
+    title = f"Text-to-image ({config.get('testbed', 'Fashion-MNIST pipeline')}), avoiding '{AVOID}'"
     plot_tradeoff(rows, out / "tradeoff.png", title)
     tuning = [r.category for r in bench.rows["tuning"]]
     held = [r.category for r in bench.rows.get("held_out", [])]
@@ -591,7 +568,7 @@ def run_multi(bench: TextToImageBench, size: T2ISize, plain_seconds: float) -> l
     """Several concepts at once: plain, the negative prompt naming both, the conditional mode with one set of both."""
     rows = multi_rows(size)
     bench.rows["multi"] = rows
-    sets = multi_sets(size)
+    sets = in_pipeline_space(bench.pipe, multi_sets(size))
     todo = [T2ISetting("plain", "-", None)]
     todo += [T2ISetting("negative-prompt", "guidance", g, negative=True, guidance=g, negative_text=NEGATIVE_BOTH)
              for g in size.sweeps.get("negative-prompt", [])]
@@ -605,22 +582,26 @@ def run_multi(bench: TextToImageBench, size: T2ISize, plain_seconds: float) -> l
     return out
 
 
-def bench_t2i(out: str | Path, size: T2ISize, model: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run the benchmark with the shipped (or given) pipeline; writes results.md / .json, tradeoff.png, grids."""
+def bench_t2i(out: str | Path, size: T2ISize, model: str | None = None, progress: bool = True,
+              methods: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the benchmark with the shipped (or given) pipeline; writes results.md / .json, tradeoff.png, grids.
+    ``methods``: only these settings' methods (plain always; ``rejection`` and ``multi`` by name), e.g.
+    ``["conditional", "negative-prompt+conditional"]``; None: everything."""
     from ..images.assets import class_reference, load_judge
     from ..images.data import load_fashion_mnist
     from ..images.evaluator import BrokenDetector
-    from .pipeline import load_text_pipeline
+    from ..latent.bench import load_bench_pipeline
 
-    pipe = load_text_pipeline(model)
+    pipe = load_bench_pipeline(model)  # FashionTextPipeline, or the latent testbed's StableDiffusionPipeline
     judge = load_judge()
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
     broken = BrokenDetector.calibrate(judge, train.images[::6], test.images[::5])
     rows = {split: benchmark_rows(size, split) for split in SPLITS}
-    sets = {"tuning": tuning_sets(size), "held_out": held_out_sets(model, size)}
+    sets = {"tuning": in_pipeline_space(pipe, tuning_sets(size)), "held_out": held_out_sets(model, size)}
     bench = TextToImageBench(pipe, judge, rows, size, class_reference(judge, exclude=AVOID).stats, broken, progress)
     results = [bench.run({split: T2ISetting("plain", "-", None) for split in SPLITS})]
-    todo = {split: settings(size, sets[split], bench.images[f"{split}:plain:None"], pipe) for split in SPLITS}
+    todo = {split: settings(size, sets[split], in_pipeline_space(pipe, bench.images[f"{split}:plain:None"]), pipe)
+            for split in SPLITS}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     half = size.overhead_images // 2
@@ -629,12 +610,18 @@ def bench_t2i(out: str | Path, size: T2ISize, model: str | None = None, progress
     overhead = bench.overhead(lambda: make_correction(sets["tuning"].negation, "conditional",
                                                       reference=sets["tuning"].reference), timing_rows,
                               size.overhead_repeats)
-    for pair in tqdm(list(zip(*todo.values())), desc="t2i settings", disable=not progress):
+    known = {s.method for s in todo["tuning"]} | {"plain", "rejection", "multi"}
+    if methods is not None and set(methods) - known:
+        raise ValueError(f"unknown methods {sorted(set(methods) - known)}; choose from {sorted(known)}")
+    pairs = [pair for pair in zip(*todo.values()) if methods is None or pair[0].method in methods]
+    for pair in tqdm(pairs, desc="t2i settings", disable=not progress):
         results.append(bench.run(dict(zip(SPLITS, pair))))
         write_json(out / "partial.json", {"overhead": overhead, "rows": [asdict(r) for r in results]})  # so far
-    results.append(bench.rejection(results[0].seconds_per_image))
-    multi = run_multi(bench, size, results[0].seconds_per_image)
-    config = {"pipeline": str(model or "fashion-t2i"), "scheduler": type(pipe.scheduler).__name__,
+    if methods is None or "rejection" in methods:
+        results.append(bench.rejection(results[0].seconds_per_image))
+    multi = run_multi(bench, size, results[0].seconds_per_image) if methods is None or "multi" in methods else []
+    config = {"pipeline": str(model or "fashion-t2i"), "testbed": testbed_name(pipe),
+              "scheduler": type(pipe.scheduler).__name__,
               "steps": size.steps, "guidance": size.guidance, "avoid": AVOID, "negation_size": len(sets["tuning"].negation),
               "sets": {split: s.source for split, s in sets.items()},
               "images": {split: {c: sum(r.category == c for r in rs) for c in ("explicit", "evasive", "neutral", "partial")}

@@ -25,12 +25,31 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from .. import fileio
-from ..images.common import to_uint8
-from ..images.data import FASHION_CLASSES
-from ..methods import Correction
+from PIL import Image, ImageDraw, ImageFont
+
+from .. import __version__, fileio
+from ..imageio import FORMAT_NAMES, ImageReadError, image_size
+from ..images.assets import MODELS as MODEL_FILES
+from ..images.assets import SHIPPED_NEGATION as SHIPPED_COUNT
+from ..images.assets import class_negation_images, class_reference, load_judge, require
+from ..images.benchmarks import BANK_SEED, conditional_reference
+from ..images.common import edm_sigmas, generate, to_uint8
+from ..images.data import FASHION_CLASSES, DataError
+from ..images.network import ClassifierFreeGuidance, load_checkpoint
+from ..methods import CorrectedDenoiser, Correction, NegativeGuidance, ReferenceSet, Window
+from ..methods.conditional import SafeClassifierFreeGuidance
+from ..methods.ratio import ESTIMATORS, calibrate
+from ..methods.registry import CATALOGUE, MethodInputs, mode_name
+from ..methods.safree import SafreeConfig
+from ..methods.sld import SLDConfig
+from ..methods.window import step_windows, timestep_windows
 from ..negation import NegationSet
+from ..pipelines.negation_build import build_from_folder
+from ..pipelines.noise_levels import ve_sigma_at_timestep
 from ..results import save_figure
+from ..t2i.bench import NEGATIVE_PROMPT, T2ISetting, T2ISize, TextToImageBench
+from ..t2i.pipeline import SHIPPED_NAME, load_text_pipeline
+from ..t2i.prompts import PromptRow
 
 Progress = Callable[[float, str], None]
 
@@ -66,38 +85,14 @@ class Method:
     help: str = ""
 
 
-def _every(value: float) -> dict[str, float]:
-    return {m: value for m in MODELS}
+def web_methods() -> dict[str, Method]:
+    """The page's methods: every entry of the catalogue (``methods.registry``) with web defaults, in its order."""
+    return {m.name: Method(m.label, m.knob, dict(m.web), tuple(m.web), correction=m.is_correction,
+                           bank="bank" in m.needs, help=m.help)
+            for m in CATALOGUE.values() if m.web}
 
 
-METHODS: dict[str, Method] = {
-    "conditional": Method("safe denoiser: conditional (one reference set)", "gain", _every(1.0),
-                          help="x0 + r (E_ref - E_unsafe), r from a per-request latch; gain = prior odds of negated content"),
-    "substitution": Method("safe denoiser: bank substitution", "gain", _every(1.0), bank=True,
-                           help="x0 + r (E_bank - E_unsafe), r = g beta*/(1 + g beta*); first half of the steps; "
-                                "needs a bank of the model's own samples (made once per setting)"),
-    "calibrated": Method("safe denoiser: calibrated weight", "gain", _every(1.0), bank=True,
-                         help="x0 + g beta* (x0 - E_unsafe), beta* from a bank of the model's own samples"),
-    "paper": Method("safe denoiser: paper weight (Eq. 7)", "eta", _every(1.0),
-                    help="x0 + eta beta (x0 - E_unsafe), beta the normalised Gaussian density; paper's window"),
-    "reference": Method("safe denoiser: authors' code", "scale", _every(0.1),
-                        help="x0 - scale E_unsafe(x0), gated by the authors' threshold; paper's window"),
-    "spell": Method("baseline: SPELL (sparse repellency)", "radius",
-                    {"fashion-t2i": 7.5, "fashion-cond": 10.3, "fashion-uncond": 10.5},
-                    help="push x0 out of every ball of this radius (pixel distance) around a negation image"),
-    "sgf": Method("baseline: SGF kernel repulsion", "scale", _every(0.03),
-                  help="x0 + c sum_m k_m (x0 - y_m); paper's window"),
-    "negative": Method("baseline: negative guidance / negative prompt", "weight",
-                       {"fashion-t2i": 7.5, "fashion-cond": 2.0, "fashion-uncond": 1.0}, correction=False,
-                       help="unconditional: D + w (D - D_trouser) with the class-conditional model's trouser "
-                            "denoiser; class-conditional: CFG with weight w and the trouser class as the negative "
-                            "branch; text-to-image: CFG scale w with the negative prompt 'trousers, pants, jeans'"),
-    "sld": Method("baseline: SLD (safe latent diffusion)", "guidance_scale", {"fashion-t2i": 1000.0},
-                  models=("fashion-t2i",), correction=False,
-                  help="SLD's safety guidance scale s_S (diffusers' medium preset otherwise), concept 'trousers, pants, jeans'"),
-    "safree": Method("baseline: SAFREE text side", "alpha", {"fashion-t2i": 0.01}, models=("fashion-t2i",),
-                     correction=False, help="SAFREE's token projection away from the trouser concepts; alpha as in the paper"),
-}
+METHODS: dict[str, Method] = web_methods()
 
 
 @dataclass(frozen=True)
@@ -125,6 +120,7 @@ class Request:
     steps: int = 10
     method: str = "conditional"
     knob: float | None = None
+    estimator: str = "kernel"  # beta* of the bank methods: kernel (kNN split) or ratio (fitted classifier, methods/ratio.py)
 
     @property
     def seeds(self) -> list[int]:
@@ -135,11 +131,17 @@ def resolve(request: Request, limits: Limits = Limits()) -> Request:
     """``request`` checked against ``limits`` with the defaults filled in; :class:`WebInputError` names what is wrong."""
     if request.model not in MODELS:
         raise WebInputError(f"unknown model {request.model!r}; choose one of {', '.join(MODELS)}")
+    request = replace(request, method=mode_name(request.method))  # an old name (``reference``) still works
     method = METHODS.get(request.method)
     if method is None:
         raise WebInputError(f"unknown method {request.method!r}; choose one of {', '.join(METHODS)}")
     if request.model not in method.models:
         raise WebInputError(f"{request.method} works with {', '.join(method.models)} only, not {request.model}")
+    if request.estimator not in ESTIMATORS:
+        raise WebInputError(f"unknown beta* estimator {request.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    if request.estimator != "kernel" and not method.bank:
+        raise WebInputError(f"the {request.estimator} estimator is for the methods that calibrate on a bank "
+                            f"({', '.join(n for n, m in METHODS.items() if m.bank)}), not {request.method}")
     count, steps, seed = _integer(request.count, "number of images"), _integer(request.steps, "steps"), _integer(request.seed, "seed")
     if not 1 <= count <= limits.max_images:
         raise WebInputError(f"number of images must be between 1 and {limits.max_images}, got {count}")
@@ -184,10 +186,8 @@ def _number(value: Any, what: str) -> float:
 # -- negation sets ---------------------------------------------------------------------------------------------
 def shipped_negation() -> NegationSet:
     """The shipped negation set: the first 500 Fashion-MNIST training trousers (as ``bench images`` / ``demo``)."""
-    from ..images.assets import SHIPPED_NEGATION, class_negation_images
-
-    return NegationSet(class_negation_images(AVOIDED, SHIPPED_NEGATION), space="pixels",
-                       source=f"fashion-mnist train, first {SHIPPED_NEGATION} '{AVOIDED}' images")
+    return NegationSet(class_negation_images(AVOIDED, SHIPPED_COUNT), space="pixels",
+                       source=f"fashion-mnist train, first {SHIPPED_COUNT} '{AVOIDED}' images")
 
 
 def negation_from_uploads(paths: Sequence[str | Path], limits: Limits = Limits()) -> NegationSet:
@@ -196,10 +196,6 @@ def negation_from_uploads(paths: Sequence[str | Path], limits: Limits = Limits()
     files, their size in bytes and in pixels. Any file that is not a readable image (by content: PNG, JPEG, WebP,
     GIF, BMP, TIFF) is refused by name; what reading chose (first of several frames, stretched or enlarged images)
     is kept, by file name, in ``metadata['reading_notes']``. Messages name files, never the server's folders."""
-    from ..imageio import FORMAT_NAMES, ImageReadError
-    from ..pipelines.negation_build import build_from_folder
-    from ..t2i.pipeline import SHIPPED_NAME
-
     files = [Path(p) for p in (paths or [])]
     if not files:
         raise WebInputError("no negation images uploaded: add image files of what must not be generated, "
@@ -244,8 +240,6 @@ def without_paths(message: str, uploads: Sequence[str | Path] = ()) -> str:
 def _check_pixels(path: Path, side: int) -> None:
     """Refuse images larger than ``side`` pixels before decoding them; files that are not images pass here and are
     named by the reader. Only the formats the reader accepts are opened (by content, never EPS / PDF)."""
-    from ..imageio import ImageReadError, image_size
-
     try:
         width, height = image_size(path)
     except ImageReadError as err:
@@ -286,15 +280,13 @@ class RunResult:
 
     def record(self) -> dict[str, Any]:
         """The JSON record of the run: settings, negation set, labels, shares, diagnostics, times."""
-        from .. import __version__ as version
-
         request = asdict(self.request)
         if self.request.model != "fashion-t2i":
             request.pop("prompt")
         if self.request.model != "fashion-cond":
             request.pop("class_name")
         method = METHODS[self.request.method]
-        return {"safedenoiser": version, "request": request, "seeds": self.request.seeds,
+        return {"safedenoiser": __version__, "request": request, "seeds": self.request.seeds,
                 "method": {"name": self.request.method, "label": method.label, "knob": method.knob,
                            "value": self.request.knob},
                 "sampler": "heun, EDM schedule" if self.request.model != "fashion-t2i" else "the pipeline's scheduler",
@@ -355,18 +347,11 @@ class Engine:
     def model(self, name: str) -> Any:
         """The EDM network of ``fashion-uncond`` / ``fashion-cond``, or the ``fashion-t2i`` pipeline."""
         if name == "fashion-t2i":
-            from ..t2i.pipeline import load_text_pipeline
-
             return self._cached(name, load_text_pipeline)
-        from ..images.assets import MODELS as FILES, require
-        from ..images.network import load_checkpoint
-
         key = name.removeprefix("fashion-")
-        return self._cached(name, lambda: load_checkpoint(require(FILES[key], f"the shipped {name} model")))
+        return self._cached(name, lambda: load_checkpoint(require(MODEL_FILES[key], f"the shipped {name} model")))
 
     def judge(self) -> Any:
-        from ..images.assets import load_judge
-
         return self._cached("judge", load_judge)
 
     def shipped_negation(self) -> NegationSet:
@@ -376,11 +361,6 @@ class Engine:
         """The conditional mode's one reference set (100 training images of each other class, as ``bench images
         cond``; the shipped test images of the other classes without Fashion-MNIST), less what ``negation`` covers."""
         def make() -> Any:
-            from ..images.assets import class_reference
-            from ..images.benchmarks import conditional_reference
-            from ..images.data import DataError
-            from ..methods import ReferenceSet
-
             try:
                 images = conditional_reference(FASHION_CLASSES.index(AVOIDED), len(FASHION_CLASSES)).data
             except DataError:
@@ -440,20 +420,17 @@ class Engine:
     def _bank_key(self, request: Request, negation: NegationSet) -> tuple:
         condition = request.prompt if request.model == "fashion-t2i" else request.class_name
         return ("bank", request.model, condition if request.model != "fashion-uncond" else None, request.guidance,
-                request.steps, self.limits.bank, negation.content_hash)
+                request.steps, self.limits.bank, negation.content_hash, request.estimator)
 
     def _calibration(self, request: Request, negation: NegationSet, draw: Callable[[list[int]], Tensor],
                      ticker: _Ticker) -> Any:
         """The calibrated / substitution modes' bank: ``limits.bank`` model samples of this request's condition on
         seeds from ``images.benchmarks.BANK_SEED`` (cached per model, condition, guidance, steps, negation set)."""
-        from ..images.benchmarks import BANK_SEED
-        from ..methods import Calibration
-
         def make() -> Any:
             ticker.phase = f"calibration bank ({self.limits.bank} model samples, once per setting)"
             bank = draw(list(range(BANK_SEED, BANK_SEED + self.limits.bank)))
             try:
-                return Calibration.from_bank(bank, negation)
+                return calibrate(bank, negation, request.estimator)  # the ratio estimator fits its classifier here
             except ValueError as err:
                 raise WebInputError(f"cannot calibrate on this request: {err} (the request's own samples are all "
                                     "negated content, as for an explicit request; the conditional mode handles "
@@ -463,12 +440,6 @@ class Engine:
 
     def _edm(self, request: Request, negation: NegationSet, recorder: _Recorder, ticker: _Ticker):
         """Unconditional / class-conditional EDM models: Heun on the EDM schedule (``images.common.generate``)."""
-        from ..images.benchmarks import HALF_WINDOW, PAPER_WINDOW
-        from ..images.common import edm_sigmas, generate
-        from ..images.network import ClassifierFreeGuidance
-        from ..methods import CorrectedDenoiser, NegativeGuidance, Window
-        from ..methods.conditional import SafeClassifierFreeGuidance
-
         model = self.model(request.model)
         conditional = request.model == "fashion-cond"
         label = FASHION_CLASSES.index(AVOIDED)
@@ -490,8 +461,7 @@ class Engine:
         plain = draw(base, request.seeds)
         seconds["plain"] = round(time.perf_counter() - t, 2)
         sigmas = edm_sigmas(request.steps)
-        windows = {"paper": Window.from_step_fractions(sigmas, *PAPER_WINDOW),
-                   "half": Window.from_step_fractions(sigmas, *HALF_WINDOW)}
+        windows = step_windows(sigmas)
         method, knob = request.method, request.knob
         t = time.perf_counter()
         if method == "negative":
@@ -516,45 +486,23 @@ class Engine:
         return plain, safe, seconds
 
     def _correction(self, request: Request, negation: NegationSet, recorder: _Recorder, calibration: Any,
-                    windows: dict[str, Any], reference_sigma: float) -> Correction:
-        """The request's x0 correction with the library's defaults: paper / reference / SGF in the paper's critical
-        window, substitution in the first half of the steps (as ``bench images``)."""
-        from ..methods import KernelRepulsion, SparseRepellency, make_correction
-
-        method, knob = request.method, request.knob
+                    windows: dict[str, Window], reference_sigma: float) -> Correction:
+        """The request's x0 correction as the catalogue builds it (``methods.registry``), with its window policy
+        (paper / authors / SGF in the paper's critical window, substitution in the first half of the steps, as
+        ``bench images``) and the authors' threshold at ``reference_sigma``."""
+        method = CATALOGUE[request.method]
+        if not method.is_correction:
+            raise WebInputError(f"{request.method} is not an x0 correction")
         try:
-            if method == "conditional":
-                return make_correction(negation, "conditional", reference=self.reference(negation), gain=knob,
-                                       callback=recorder)
-            if method == "substitution":
-                return make_correction(negation, "substitution", calibration=calibration, gain=knob,
-                                       window=windows["half"], callback=recorder)
-            if method == "calibrated":
-                return make_correction(negation, "calibrated", calibration=calibration, gain=knob, callback=recorder)
-            if method == "paper":
-                return make_correction(negation, "paper", eta=knob, window=windows["paper"], callback=recorder)
-            if method == "reference":
-                threshold = make_correction(negation, "reference").threshold_from_negation(reference_sigma)
-                return make_correction(negation, "reference", scale=knob, log_threshold=threshold,
-                                       window=windows["paper"], callback=recorder)
-            if method == "spell":
-                return SparseRepellency(negation, radius=knob, callback=recorder)
-            if method == "sgf":
-                return KernelRepulsion(negation, scale=knob, bandwidth="sample", window=windows["paper"],
-                                       callback=recorder)
+            reference = self.reference(negation) if "reference" in method.needs else None
+            inputs = MethodInputs(negation, windows, threshold_sigma=reference_sigma, calibration=calibration,
+                                  reference=reference, callback=recorder)
+            return method.correction(inputs, request.knob)
         except ValueError as err:  # a knob out of range, a reference set the negation set covers: named by the library
             raise WebInputError(str(err)) from None
-        raise WebInputError(f"{method} is not an x0 correction")
 
     def _t2i(self, request: Request, negation: NegationSet, recorder: _Recorder, ticker: _Ticker):
         """The text-to-image pipeline through ``TextToImageBench.generate`` (hook, negative prompt, SLD, SAFREE)."""
-        from ..methods import Window
-        from ..methods.safree import SafreeConfig
-        from ..methods.sld import SLDConfig
-        from ..pipelines.noise_levels import ve_sigma_at_timestep
-        from ..t2i.bench import NEGATIVE_PROMPT, T2ISetting, T2ISize, TextToImageBench
-        from ..t2i.prompts import PromptRow
-
         pipe = self.model("fashion-t2i")
         size = T2ISize(explicit=0, evasive=0, neutral=0, steps=request.steps, guidance=request.guidance, negation=0,
                        sweeps={}, batch_size=max(request.count, self.limits.bank))
@@ -590,8 +538,7 @@ class Engine:
             if METHODS[method].bank:
                 calibration = self._calibration(request, negation, lambda seeds: draw(
                     T2ISetting("plain", "-", None), seeds), ticker)
-            windows = {"paper": Window(ve_sigma_at_timestep(pipe.scheduler, 780)),  # the paper's t in [780, 1000]
-                       "half": Window(ve_sigma_at_timestep(pipe.scheduler, 500))}
+            windows = timestep_windows(lambda t: ve_sigma_at_timestep(pipe.scheduler, t))  # paper: t in [780, 1000]
             correction = self._correction(request, negation, recorder, calibration, windows, reference_sigma=0.01)
             setting = T2ISetting(method, METHODS[method].knob or "-", knob, correction=lambda: correction)
         ticker.phase = METHODS[method].label
@@ -617,8 +564,6 @@ def labelled_grid(images: Tensor, labels: Sequence[str], *, columns: int | None 
                   highlight: str = AVOIDED) -> Any:
     """A PIL mosaic of ``images`` (B, 1, H, W) in [-1, 1], each tile upscaled ``scale`` x (nearest) with the judge's
     label under it (``highlight`` in red)."""
-    from PIL import Image, ImageDraw, ImageFont
-
     count = len(images)
     columns = columns or (4 if count <= 16 else 8)
     rows = -(-count // columns)
@@ -685,8 +630,6 @@ def diagnostics_figure(result: RunResult) -> Any:
 def write_downloads(result: RunResult, folder: str | Path) -> dict[str, Path]:
     """Write into ``folder``: ``grid_plain.png``, ``grid_safe.png``, ``diagnostics.png``, ``settings.json`` (the
     record) and ``images.zip`` (every image as PNG by seed, the grids, the plot and the record)."""
-    from PIL import Image
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     out = {"grid_plain": folder / "grid_plain.png", "grid_safe": folder / "grid_safe.png",
