@@ -80,3 +80,42 @@ def test_inactive_is_bit_identical_and_branches_path_differs(sd, sets):
     assert torch.equal(run(pipe, guidance=3.0), plain)  # detached
     with pytest.raises(ValueError, match="guidance path"):
         attach_safe_denoiser(pipe, negation, guidance="after", reference=reference, **KNOBS)
+
+
+def test_negative_prompt_gets_the_empty_prompt_branch_for_flagged_rows(sd, sets):
+    """With a negative prompt the hook hands the conditional mode ``null(rows)``: the model's x0 for the empty prompt
+    (computed here independently with the pipeline's own empty-prompt embeddings) on the rows asked, x0_u elsewhere.
+    An empty negative prompt is the plain null branch: no extra call, bit-identical to no negative prompt."""
+    from tiny_pipelines import expected_x0 as x0_of
+
+    negation, reference = sets
+    pipe = with_scheduler(sd, "DDIMScheduler", prediction_type="epsilon")
+    sched = pipe.unet, pipe.scheduler
+    inputs, checks = [], []
+    pre = pipe.unet.register_forward_pre_hook(lambda m, a, kw: inputs.append((a[0], a[1])), with_kwargs=True)
+    empty = pipe.encode_prompt("", pipe.device, 1, False)[0]
+    try:
+        with attach_safe_denoiser(pipe, negation, reference=reference, **KNOBS) as handle:
+            correction, original = handle.correction, handle.correction.guided
+
+            def spy(x, sigma, x0_u, x0_c, w, combined=None, null=None):
+                checks.append(null)
+                if null is not None:
+                    sample, t = inputs[-1]
+                    eps = pipe.unet.forward(sample[1:], t, encoder_hidden_states=empty, return_dict=False)[0]
+                    want = x0_of("ddim", sched[1], t, sample[1:], eps)[0]
+                    torch.testing.assert_close(null(torch.tensor([True])), want, rtol=1e-5, atol=1e-5)
+                    assert torch.equal(null(torch.tensor([False])), x0_u)
+                return original(x, sigma, x0_u, x0_c, w, combined=combined, null=null)
+
+            correction.guided = spy
+            negative = run(pipe, guidance=3.0, negative_prompt="a red cat")
+            assert len(checks) == STEPS and all(n is not None for n in checks)
+            checks.clear()
+            blank = run(pipe, guidance=3.0, negative_prompt="")
+            assert checks == [None] * STEPS
+            assert torch.equal(blank, run(pipe, guidance=3.0))
+            del correction.guided
+    finally:
+        pre.remove()
+    assert torch.isfinite(negative).all()
