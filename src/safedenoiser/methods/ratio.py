@@ -267,3 +267,21 @@ class RatioCalibration(Calibration):
 
     def is_covered(self, samples: Tensor, negation: NegationSet | None = None) -> Tensor:
         return self.ratio.posterior(samples) >= 0.5
+
+
+ESTIMATORS = ("kernel", "ratio")
+
+
+def calibrate(bank: Tensor, negation: NegationSet, estimator: str = "kernel", *, fit: RatioFit | None = None,
+              cache_dir: str | Path | None = None, progress: bool = False) -> Calibration:
+    """The calibration of the ``calibrated`` / ``substitution`` modes from ``bank`` (M, *item_shape), the model's own
+    samples, by ``estimator``: ``kernel`` (:meth:`Calibration.from_bank`: kernel beta*, kNN bank split) or ``ratio``
+    (:meth:`RatioCalibration.fit`: the fitted classifier's beta* and split; ``fit`` its settings, ``cache_dir`` its
+    disk cache). The one switch the library, the hook (``calibration=calibrate(...)``) and the web engine use."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown beta* estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    if estimator == "ratio":
+        return RatioCalibration.fit(bank, negation, fit, cache_dir=cache_dir, progress=progress)
+    if fit is not None or cache_dir is not None:
+        raise ValueError("fit= and cache_dir= are settings of the ratio estimator; the kernel estimator takes neither")
+    return Calibration.from_bank(bank, negation)
