@@ -27,15 +27,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from safedenoiser.images.assets import load_judge
-from safedenoiser.images.data import FASHION_CLASSES
+from safedenoiser.zoo.images.assets import load_judge
+from safedenoiser.zoo.images.data import FASHION_CLASSES
 from safedenoiser.methods import make_correction
 from safedenoiser.methods.base import Correction, Proposal
 from safedenoiser.methods.ratio import RatioFit, fit_classifier
 from safedenoiser.pipelines.attach import attach_safe_denoiser
 from safedenoiser.results import write_atomic
-from safedenoiser.t2i.bench import AVOID, SIZES, SPLITS, benchmark_rows, held_out_sets, tuning_sets
-from safedenoiser.t2i.pipeline import load_text_pipeline
+from safedenoiser.bench.t2i import AVOID, SIZES, SPLITS, benchmark_rows, held_out_sets, tuning_sets
+from safedenoiser.zoo.t2i.pipeline import load_text_pipeline
 
 
 class Recorder(Correction):

@@ -27,13 +27,13 @@ from pathlib import Path
 
 import torch
 
-from safedenoiser.images.assets import class_reference, load_judge
-from safedenoiser.images.common import save_grid
-from safedenoiser.images.data import FASHION_CLASSES, load_fashion_mnist
-from safedenoiser.images.evaluator import BrokenDetector
+from safedenoiser.zoo.images.assets import class_reference, load_judge
+from safedenoiser.zoo.images.common import save_grid
+from safedenoiser.zoo.images.data import FASHION_CLASSES, load_fashion_mnist
+from safedenoiser.zoo.images.evaluator import BrokenDetector
 from safedenoiser.kernels import nearest_distances
 from safedenoiser.methods import make_correction
-from safedenoiser.t2i.bench import (
+from safedenoiser.bench.t2i import (
     AVOID,
     SIZES,
     T2ISetting,
@@ -42,7 +42,7 @@ from safedenoiser.t2i.bench import (
     held_out_sets,
     tuning_sets,
 )
-from safedenoiser.t2i.pipeline import load_text_pipeline
+from safedenoiser.zoo.t2i.pipeline import load_text_pipeline
 
 
 def parse(spec: str) -> tuple[bool, dict | None]:

@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 from safedenoiser import fileio
-from safedenoiser.images.assets import NEGATED_CLASS
-from safedenoiser.images.benchmarks import BANK_SEED, HALF_WINDOW, SIZES, class_benchmark_setup, class_measure
-from safedenoiser.images.common import edm_sigmas, generate
-from safedenoiser.images.data import FASHION_CLASSES
+from safedenoiser.zoo.images.assets import NEGATED_CLASS
+from safedenoiser.bench.images import BANK_SEED, HALF_WINDOW, SIZES, class_benchmark_setup, class_measure
+from safedenoiser.zoo.images.common import edm_sigmas, generate
+from safedenoiser.zoo.images.data import FASHION_CLASSES
 from safedenoiser.methods import Calibration, CorrectedDenoiser, Window, make_correction
 from safedenoiser.methods.calibration import coverage_cut, fixed_point_cut, negation_share
 

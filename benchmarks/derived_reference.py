@@ -23,15 +23,15 @@ from pathlib import Path
 import torch
 
 from safedenoiser import fileio
-from safedenoiser.images.assets import class_negation_images, class_reference, load_judge
-from safedenoiser.images.benchmarks import conditional_reference
-from safedenoiser.images.data import FASHION_CLASSES, load_fashion_mnist
+from safedenoiser.zoo.images.assets import class_negation_images, class_reference, load_judge
+from safedenoiser.bench.images import conditional_reference
+from safedenoiser.zoo.images.data import FASHION_CLASSES, load_fashion_mnist
 from safedenoiser.methods import make_correction
-from safedenoiser.images.evaluator import BrokenDetector
+from safedenoiser.zoo.images.evaluator import BrokenDetector
 from safedenoiser.negation import NegationSet
 from safedenoiser.pipelines.reference import derive_reference
-from safedenoiser.t2i.bench import AVOID, T2ISetting, T2ISize, TextToImageBench, benchmark_rows
-from safedenoiser.t2i.pipeline import load_text_pipeline
+from safedenoiser.bench.t2i import AVOID, T2ISetting, T2ISize, TextToImageBench, benchmark_rows
+from safedenoiser.zoo.t2i.pipeline import load_text_pipeline
 
 
 def main(argv=None) -> dict:

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import torch
 
-from safedenoiser.images.benchmarks import BANK_SEED, RULE_SEED, SIZES, class_benchmark_setup, class_measure
-from safedenoiser.images.common import denoiser_evaluations, edm_sigmas, generate
-from safedenoiser.images.data import FASHION_CLASSES
-from safedenoiser.images.harness import Benchmark, Setting, rejection_row
-from safedenoiser.images.ratio import (RATIO_SWEEPS, RULE_METHOD, bank_split, image_ratio_fit, ratio_calibration,
+from safedenoiser.bench.images import BANK_SEED, RULE_SEED, SIZES, class_benchmark_setup, class_measure
+from safedenoiser.zoo.images.common import denoiser_evaluations, edm_sigmas, generate
+from safedenoiser.zoo.images.data import FASHION_CLASSES
+from safedenoiser.bench.harness import Benchmark, Setting, rejection_row
+from safedenoiser.bench.images_ratio import (RATIO_SWEEPS, RULE_METHOD, bank_split, image_ratio_fit, ratio_calibration,
                                        ratio_rule, ratio_settings, rule_setting)
 from safedenoiser.methods.ratio import RatioFit
 from safedenoiser.results import RunLog, write_atomic

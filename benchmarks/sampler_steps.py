@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 
 from safedenoiser import fileio
-from safedenoiser.images.assets import MODELS, load_judge, memorised_images
-from safedenoiser.images.common import denoiser_evaluations
-from safedenoiser.images.evaluator import FeatureStats
-from safedenoiser.images.network import ClassifierFreeGuidance, load_checkpoint
-from safedenoiser.images.quality import fd_by_sampler_steps, test_set_stats
+from safedenoiser.zoo.images.assets import MODELS, load_judge, memorised_images
+from safedenoiser.zoo.images.common import denoiser_evaluations
+from safedenoiser.zoo.images.evaluator import FeatureStats
+from safedenoiser.zoo.images.network import ClassifierFreeGuidance, load_checkpoint
+from safedenoiser.zoo.images.quality import fd_by_sampler_steps, test_set_stats
 from safedenoiser.results import save_figure
 
 GUIDANCE = 2.0

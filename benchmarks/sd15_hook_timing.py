@@ -61,7 +61,7 @@ def build_pipeline(tiny: bool, device: torch.device, dtype: torch.dtype) -> Any:
     from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import AutoTokenizer, CLIPTextConfig, CLIPTextModel
 
-    from safedenoiser.t2i.text import minilm_path
+    from safedenoiser.zoo.t2i.text import minilm_path
 
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_path()), model_max_length=TEXT_TOKENS)

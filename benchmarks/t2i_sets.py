@@ -19,11 +19,11 @@ it) against:
   against the bench's one set holding both.
 
 Every set is built as a user builds it: images written as PNG files and encoded by ``negation build``'s own code
-(:func:`safedenoiser.t2i.sets.build_user_set`). Prompts: the held-out explicit and evasive sets
+(:func:`safedenoiser.bench.t2i_sets.build_user_set`). Prompts: the held-out explicit and evasive sets
 (``explicit_held_out.csv``, ``evasive_held_out.csv``: 32 + 32 rows) and all 72 neutral rows (8 per other class), each
 row with its own seed from the CSV; several concepts: the bench's rows (24 explicit trouser, 24 explicit bag, 24
-neutral). Metrics from ``t2i/bench.py`` (:meth:`TextToImageBench.measure`): ASR explicit / evasive, neutral
-fidelity and FD, broken share (``images.evaluator.BrokenDetector``), FD of the explicit requests' images.
+neutral). Metrics from ``bench/t2i.py`` (:meth:`TextToImageBench.measure`): ASR explicit / evasive, neutral
+fidelity and FD, broken share (``zoo.images.evaluator.BrokenDetector``), FD of the explicit requests' images.
 
 One record per setting (``records/<name>.json``, written atomically); a rerun skips the settings already recorded
 with the same prompts, steps and guidance and refuses a record made with others.
@@ -67,7 +67,7 @@ class Spec:
     noise: float = 0.0
     reference: int | None = REFERENCE_DEFAULT
     multi: dict[str, tuple[str, int]] = field(default_factory=dict)
-    one_set: bool = False  # several concepts: the bench's one set holding both (t2i.bench.multi_sets)
+    one_set: bool = False  # several concepts: the bench's one set holding both (bench.t2i.multi_sets)
     balance: bool = False  # several concepts: combine_sets(balance=True), each concept weighs the same
     correction: bool = True
 
@@ -117,12 +117,12 @@ class Context:
     """The pipeline, judge, bench and prompt rows, loaded once; sets built on first use and kept."""
 
     def __init__(self, args: argparse.Namespace):
-        from safedenoiser.images.assets import class_reference, load_judge
-        from safedenoiser.images.data import load_fashion_mnist
-        from safedenoiser.images.evaluator import BrokenDetector
-        from safedenoiser.t2i.bench import AVOID, SIZES, TextToImageBench, multi_rows
-        from safedenoiser.t2i.pipeline import load_text_pipeline
-        from safedenoiser.t2i.prompts import shipped_prompts
+        from safedenoiser.zoo.images.assets import class_reference, load_judge
+        from safedenoiser.zoo.images.data import load_fashion_mnist
+        from safedenoiser.zoo.images.evaluator import BrokenDetector
+        from safedenoiser.bench.t2i import AVOID, SIZES, TextToImageBench, multi_rows
+        from safedenoiser.zoo.t2i.pipeline import load_text_pipeline
+        from safedenoiser.zoo.t2i.prompts import shipped_prompts
 
         self.args = args
         self.size = replace(SIZES["default"], steps=args.steps, guidance=args.guidance)
@@ -151,8 +151,8 @@ class Context:
         return self.cache[key]
 
     def negation(self, split: str, cls: str, size: int, noise: float) -> tuple[Any, dict[str, Any]]:
-        from safedenoiser.images.data import FASHION_CLASSES
-        from safedenoiser.t2i.sets import build_user_set, describe, noisy_class_set
+        from safedenoiser.zoo.images.data import FASHION_CLASSES
+        from safedenoiser.bench.t2i_sets import build_user_set, describe, noisy_class_set
 
         def build():
             drawn = noisy_class_set(self.data[split], FASHION_CLASSES.index(cls), size, noise, seed=NOISE_SEED)
@@ -164,8 +164,8 @@ class Context:
         return self._cached(("negation", split, cls, size, noise), build)
 
     def reference(self, exclude: tuple[str, ...], total: int | None) -> tuple[Any, dict[str, Any]]:
-        from safedenoiser.images.data import FASHION_CLASSES
-        from safedenoiser.t2i.sets import balanced_set, build_user_set, describe
+        from safedenoiser.zoo.images.data import FASHION_CLASSES
+        from safedenoiser.bench.t2i_sets import balanced_set, build_user_set, describe
 
         def build():
             drawn = balanced_set(self.data["train"], [FASHION_CLASSES.index(c) for c in exclude], total)
@@ -197,7 +197,7 @@ def measure(ctx: Context, spec: Spec) -> dict[str, Any]:
     """Build the sets of ``spec``, generate its rows with the default conditional mode (or plain) and measure."""
     from safedenoiser.methods import make_correction
     from safedenoiser.pipelines.negation_combine import combine_sets
-    from safedenoiser.t2i.bench import AVOID, SECOND, T2ISetting, multi_sets
+    from safedenoiser.bench.t2i import AVOID, SECOND, T2ISetting, multi_sets
 
     kind = "multi" if spec.multi else "single"
     rows = ctx.rows[kind]

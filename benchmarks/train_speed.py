@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 
 from safedenoiser import fileio
-from safedenoiser.images.config import TrainConfig
-from safedenoiser.images.data import load_data
-from safedenoiser.images.train import build_model, edm_loss, optimise
+from safedenoiser.zoo.images.config import TrainConfig
+from safedenoiser.zoo.images.data import load_data
+from safedenoiser.zoo.images.train import build_model, edm_loss, optimise
 
 VARIANTS = {
     "fp32": dict(),

@@ -10,7 +10,7 @@ import torch
 from safedenoiser import NegationSet
 from safedenoiser.methods import Calibration, default_candidates, make_correction, select_knobs
 from safedenoiser.methods.calibration import coverage_cut, negation_share
-from safedenoiser.models import make_mixture, make_ring_mixture
+from safedenoiser.models import make_ring_mixture
 
 
 def _brute_share(queries, negation, bank, k):

@@ -211,7 +211,7 @@ def test_threads_default_follows_the_load(monkeypatch):
 def test_grids_carry_a_caption(tmp_path):
     from PIL import Image
 
-    from safedenoiser.images.grids import caption_file, labelled_grid
+    from safedenoiser.zoo.images.grids import caption_file, labelled_grid
 
     paths = []
     for i in range(3):
@@ -222,7 +222,7 @@ def test_grids_carry_a_caption(tmp_path):
     assert grid.convert("RGB").getpixel((60, grid.height - 56)) == (255, 0, 0)  # the changed image's mark
     shutil.copy(paths[0], tmp_path / "c.png")
     assert Image.open(caption_file(tmp_path / "c.png", "a caption")).height > 28
-    from safedenoiser.images.demo import label_grids  # the demo's grids: task, method, knob, what was measured
+    from safedenoiser.bench.demo import label_grids  # the demo's grids: task, method, knob, what was measured
 
     shutil.copy(paths[1], tmp_path / "grid_spell.png")
     label_grids(tmp_path, "negate trousers", {"grids": {"spell": "grid_spell.png"}, "best": {"spell": {

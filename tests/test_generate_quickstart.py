@@ -26,7 +26,7 @@ def quickstart_commands() -> list[list[str]]:
 
 
 def test_the_quickstart_runs_verbatim(tmp_path, monkeypatch, capsys, one_thread):
-    from safedenoiser.t2i.pipeline import shipped_pipeline_path
+    from safedenoiser.zoo.t2i.pipeline import shipped_pipeline_path
 
     if not (shipped_pipeline_path() / "model_index.json").is_file():
         pytest.skip("the shipped fashion-t2i pipeline is not in this checkout")
@@ -39,8 +39,8 @@ def test_the_quickstart_runs_verbatim(tmp_path, monkeypatch, capsys, one_thread)
     assert (tmp_path / "run" / "grid.png").is_file() and (tmp_path / "trouser-profile" / "safety_config.json").is_file()
     assert len(list((tmp_path / "examples" / "trousers").glob("*.png"))) == 100
     assert "Warning" not in err, err[-2000:]  # no third-party warnings in what a user reads
-    from safedenoiser.images.assets import load_judge
-    from safedenoiser.images.data import FASHION_CLASSES
+    from safedenoiser.zoo.images.assets import load_judge
+    from safedenoiser.zoo.images.data import FASHION_CLASSES
     from safedenoiser.imageio import read_image_folder
 
     images = read_image_folder(tmp_path / "run" / "images", size=28, mode="L").images

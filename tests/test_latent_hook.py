@@ -27,9 +27,9 @@ DETERMINISTIC_SPLIT = ("DPMSolverMultistepScheduler", "DDIMScheduler")  # the ba
 @pytest.fixture(scope="module")
 def latent_sd():
     """The testbed's StableDiffusionPipeline with random weights (VAE widths 8,16,16 -> 4x8x8 latents)."""
-    from safedenoiser.latent.pipeline import latent_pipeline, text_components
-    from safedenoiser.latent.vae import build_vae
-    from safedenoiser.t2i.pipeline import sampling_scheduler, training_scheduler, unet_for_text
+    from safedenoiser.zoo.latent.pipeline import latent_pipeline, text_components
+    from safedenoiser.zoo.latent.vae import build_vae
+    from safedenoiser.zoo.t2i.pipeline import sampling_scheduler, training_scheduler, unet_for_text
 
     torch.manual_seed(0)
     vae = build_vae((8, 16, 16)).eval()
@@ -94,8 +94,8 @@ def test_bench_adapter_keeps_the_stock_call_and_adds_the_seams(latent_sd):
     """LatentBenchPipeline: plain call = the stock call's image resized to 28x28; guidance_fn doing plain CFG and an
     identity prompt_embeds_fn give the plain images; a single negative prompt is the same as one per prompt; the
     sets' space is what negation build's encoder gives."""
-    from safedenoiser.latent.bench import LatentBenchPipeline, in_pipeline_space
-    from safedenoiser.latent.vae import from_vae_output, to_vae_input
+    from safedenoiser.bench.latent import LatentBenchPipeline, in_pipeline_space
+    from safedenoiser.zoo.latent.vae import from_vae_output, to_vae_input
     from safedenoiser.pipelines.negation_build import vae_encoder
 
     pipe = LatentBenchPipeline(with_scheduler(latent_sd, "DPMSolverMultistepScheduler"), "tiny")

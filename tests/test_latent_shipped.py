@@ -7,8 +7,8 @@ import json
 
 import torch
 
-from safedenoiser.latent.bench import LatentBenchPipeline, load_bench_pipeline
-from safedenoiser.latent.pipeline import SHIPPED_LATENT, SHIPPED_LATENT_NAME, shipped_model_folder
+from safedenoiser.bench.latent import LatentBenchPipeline, load_bench_pipeline
+from safedenoiser.zoo.latent.pipeline import SHIPPED_LATENT, SHIPPED_LATENT_NAME, shipped_model_folder
 
 
 def test_shipped_latent_is_the_stock_class_and_resolves_by_name(tmp_path):
@@ -31,8 +31,8 @@ def test_shipped_latent_is_the_stock_class_and_resolves_by_name(tmp_path):
 def test_shipped_latent_draws_what_is_asked():
     """One image per class (training captions and held-out paraphrases, seeds 0-9 / 0-19 as the pixel model's test),
     judged on the 28x28 view the benchmark uses."""
-    from safedenoiser.images.assets import load_judge
-    from safedenoiser.t2i.train import evaluation_prompts
+    from safedenoiser.zoo.images.assets import load_judge
+    from safedenoiser.zoo.t2i.train import evaluation_prompts
 
     pipe = load_bench_pipeline(SHIPPED_LATENT_NAME)
     assert isinstance(pipe, LatentBenchPipeline)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from safedenoiser import NegationSet
-from safedenoiser.methods import Calibration, Window, default_candidates, make_correction, select_knobs
+from safedenoiser.methods import Window, default_candidates, make_correction, select_knobs
 from safedenoiser.methods import ratio as ratio_module
 from safedenoiser.methods.ratio import FittedRatio, RatioCalibration, RatioFit, fit_ratio
 from safedenoiser.models import make_mixture

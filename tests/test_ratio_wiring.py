@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from safedenoiser import NegationSet
-from safedenoiser.images import benchmarks as image_benchmarks
-from safedenoiser.images.ratio import RATIO_SWEEPS, ratio_settings, rule_setting
+from safedenoiser.bench import images as image_benchmarks
+from safedenoiser.bench.images_ratio import RATIO_SWEEPS, ratio_settings, rule_setting
 from safedenoiser.methods import Calibration
 from safedenoiser.methods.ratio import ESTIMATORS, RatioCalibration, RatioFit, calibrate
 from safedenoiser.models import make_mixture

@@ -2,7 +2,7 @@
 
 Behaviour check: ``tests/data/method_settings_before.json`` was written by ``python tests/test_registry_catalogue.py``
 with the code as it was *before* the catalogue (each benchmark, the web page and the CLI had its own list). It holds,
-for fixed small inputs, every setting the image benchmarks' ``method_settings``, ``t2i.bench.settings`` and
+for fixed small inputs, every setting the image benchmarks' ``method_settings``, ``bench.t2i.settings`` and
 ``bench.toy.method_runs`` produced (method, knob name, knob value and what its factory builds: correction class,
 knobs, window), the web page's method table and the corrections it builds, and the ``generate --mode`` choices.
 :func:`test_catalogue_builds_what_the_old_lists_built` describes the same things with today's code and compares.
@@ -96,8 +96,8 @@ def _base(x, sigma, **cond):
 
 
 def images_settings() -> dict[str, Any]:
-    from safedenoiser.images import benchmarks
-    from safedenoiser.images.common import edm_sigmas
+    from safedenoiser.bench import images as benchmarks
+    from safedenoiser.zoo.images.common import edm_sigmas
     from safedenoiser.methods import Calibration
 
     negation = _negation()
@@ -132,7 +132,7 @@ def _bank_mode(name: str, built: Any) -> Any:
 
 def t2i_settings() -> dict[str, Any]:
     from safedenoiser.models.adapters import scaled_linear_alphas_cumprod
-    from safedenoiser.t2i import bench
+    from safedenoiser.bench import t2i as bench
 
     pipe = SimpleNamespace(scheduler=SimpleNamespace(alphas_cumprod=scaled_linear_alphas_cumprod(1000)))
     sets = bench.BenchSets(_negation(), _reference(), "test")
@@ -231,12 +231,12 @@ def test_one_catalogue_entry_reaches_the_cli_the_web_page_and_every_benchmark(mo
     correction, and the settings of the image, text-to-image and mixture benchmarks all pick the method up."""
     pytest.importorskip("diffusers")
     from safedenoiser.bench import toy
-    from safedenoiser.images import benchmarks
-    from safedenoiser.images.common import edm_sigmas
+    from safedenoiser.bench import images as benchmarks
+    from safedenoiser.zoo.images.common import edm_sigmas
     from safedenoiser.methods import CorrectedDenoiser, Window, make_correction, registry
     from safedenoiser.models.adapters import scaled_linear_alphas_cumprod
     from safedenoiser.pipelines.generate_command import mode_choice, mode_choices
-    from safedenoiser.t2i import bench
+    from safedenoiser.bench import t2i as bench
     from safedenoiser.web import generation
 
     entry, cls = _dummy_entry()

@@ -144,7 +144,7 @@ def _read_prompts(path):
 
 
 def _load_state(path):
-    from safedenoiser.images.train import load_state
+    from safedenoiser.zoo.images.train import load_state
 
     return load_state(path)
 
@@ -251,7 +251,7 @@ def _cli_cases(f: Path, m: Path, tmp: Path):
 
 
 def _shipped() -> Path:
-    from safedenoiser.images.assets import JUDGE_ASSET
+    from safedenoiser.zoo.images.assets import JUDGE_ASSET
 
     return JUDGE_ASSET
 
@@ -393,8 +393,8 @@ def _one_error_line(stderr: str) -> str:
 
 # ----------------------------------------------------------------------------------------- shipped assets
 def test_train_judge_never_writes_shipped_assets(tmp_path, monkeypatch, capsys):
-    from safedenoiser.images import assets
-    from safedenoiser.images import train as train_module
+    from safedenoiser.zoo.images import assets
+    from safedenoiser.zoo.images import train as train_module
 
     written = []
     monkeypatch.setattr(assets, "build_eval_assets", lambda evaluator, path, subset_index=None: written.append(Path(path)))
@@ -503,7 +503,7 @@ def test_negation_build_redoes_batches_whose_images_changed(tmp_path):
 
 # ------------------------------------------------------------------------------------------------ smaller items
 def test_symlinked_class_folders_are_followed(tmp_path):
-    from safedenoiser.images.data import load_folder
+    from safedenoiser.zoo.images.data import load_folder
 
     real = tmp_path / "real"
     (real / "cats").mkdir(parents=True)

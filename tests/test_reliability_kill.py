@@ -214,7 +214,7 @@ def test_negation_build_survives_random_kills(model_dir, tmp_path):
 def test_train_survives_random_kills(tmp_path):
     from safetensors.torch import load_file
 
-    from safedenoiser.images.train import load_state
+    from safedenoiser.zoo.images.train import load_state
 
     rng = random.Random(SEED + 2)
     data = _image_folder(tmp_path / "data", 8, 8, channels=1)

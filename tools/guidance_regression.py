@@ -27,11 +27,11 @@ def _generators() -> list[torch.Generator]:
 
 def text_pipeline_outputs() -> dict[str, object]:
     from safedenoiser import Calibration, NegationSet, make_correction
-    from safedenoiser.images.assets import class_negation_images
+    from safedenoiser.zoo.images.assets import class_negation_images
     from safedenoiser.methods import ReferenceSet
     from safedenoiser.pipelines import attach_safe_denoiser
     from safedenoiser.pipelines.examples import allowed_images
-    from safedenoiser.t2i import load_text_pipeline
+    from safedenoiser.zoo.t2i import load_text_pipeline
 
     pipe = load_text_pipeline()
     run = {"num_inference_steps": 4, "output_type": "pt"}
@@ -84,8 +84,8 @@ def text_pipeline_outputs() -> dict[str, object]:
 
 def image_model_outputs() -> dict[str, object]:
     from safedenoiser import Calibration, NegationSet, make_correction
-    from safedenoiser.images.assets import MODELS, class_negation_images
-    from safedenoiser.images.network import ClassifierFreeGuidance, load_checkpoint
+    from safedenoiser.zoo.images.assets import MODELS, class_negation_images
+    from safedenoiser.zoo.images.network import ClassifierFreeGuidance, load_checkpoint
     from safedenoiser.methods import ReferenceSet
     from safedenoiser.methods.conditional import SafeClassifierFreeGuidance
     from safedenoiser.pipelines.examples import allowed_images

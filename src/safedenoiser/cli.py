@@ -20,10 +20,10 @@ COMMAND_MODULES = [
     "safedenoiser.bench.kernel",
     "safedenoiser.pipelines.commands",
     "safedenoiser.pipelines.generate_command",
-    "safedenoiser.images.commands",
-    "safedenoiser.images.benchmarks",
-    "safedenoiser.t2i.commands",
-    "safedenoiser.latent.commands",
+    "safedenoiser.zoo.images.commands",
+    "safedenoiser.bench.images",
+    "safedenoiser.zoo.t2i.commands",
+    "safedenoiser.zoo.latent.commands",
     "safedenoiser.web.commands",
 ]
 
@@ -34,7 +34,7 @@ COMMAND_MODULES = [
 DEFERRED = {
     "safedenoiser.bench.toy": (("toy", "bench"), "alias of `safe-denoiser bench toy` (Gaussian-mixture benchmark)"),
     "safedenoiser.bench.kernel": (("bench",), None),
-    "safedenoiser.images.benchmarks": (("bench",), None),
+    "safedenoiser.bench.images": (("bench",), None),
 }
 
 

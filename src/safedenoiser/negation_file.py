@@ -234,7 +234,7 @@ class SafetensorsWriter:
 
 class NegationFileWriter(SafetensorsWriter):
     """A :class:`SafetensorsWriter` whose :meth:`finish` writes a negation set header (space, source, content
-    hash, metadata), so that the file opens with :meth:`NegationSet.open` / :meth:`NegationSet.load`."""
+    hash, metadata), so that the file opens with :meth:`~safedenoiser.negation.ItemSet.open` / :meth:`~safedenoiser.negation.ItemSet.load`."""
 
     def finish(self, *, space: str = "data", source: str = "", metadata: dict[str, Any] | None = None) -> None:
         """Hash the written data (one pass) and close the file with its negation-set header."""

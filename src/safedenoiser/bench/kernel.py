@@ -269,7 +269,7 @@ def storage_section(cfg: KernelBenchConfig, bandwidth_gbs: float) -> list[dict[s
 def augmented_fashion(count: int, seed: int) -> tuple[Tensor, Tensor]:
     """``count`` items from the Fashion-MNIST training set (in [-1, 1]), each shifted by up to 2 pixels and
     perturbed by N(0, 0.05^2) pixel noise, and the 10,000 test images (queries)."""
-    from ..images.data import load_fashion_mnist
+    from ..zoo.images.data import load_fashion_mnist
 
     train = load_fashion_mnist("train").images
     test = load_fashion_mnist("test").images
@@ -322,11 +322,11 @@ def topk_section(cfg: KernelBenchConfig, progress: bool) -> dict[str, Any]:
 
 
 def e2e_section(cfg: KernelBenchConfig) -> dict[str, Any]:
-    from ..images.assets import MODELS
-    from ..images.common import edm_sigmas
-    from ..images.data import load_fashion_mnist
-    from ..images.network import EDMUNet, load_checkpoint, unet_config
-    from ..images.train import TrainConfig
+    from ..zoo.images.assets import MODELS
+    from ..zoo.images.common import edm_sigmas
+    from ..zoo.images.data import load_fashion_mnist
+    from ..zoo.images.network import EDMUNet, load_checkpoint, unet_config
+    from ..zoo.images.train import TrainConfig
     from ..methods import Window, safe_denoiser
     from ..sampling import sample
 

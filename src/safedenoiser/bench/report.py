@@ -1,5 +1,5 @@
 """What every benchmark report shares: the best operating point per method, trade-off curves, markdown tables and
-the results document. The benchmarks (``bench/toy.py``, ``images/benchmarks.py``, ``t2i/bench.py``) measure; this
+the results document. The benchmarks (``bench/toy.py``, ``bench/images.py``, ``bench/t2i.py``) measure; this
 module only selects and writes."""
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from .. import fileio
 
 def allowed_images(count: int) -> Tensor:
     """``count`` held-out images of the classes other than trouser, evenly spread, in [-1, 1]."""
-    from ..images.assets import NEGATED_CLASS, class_reference, load_judge
-    from ..images.data import FASHION_CLASSES, fashion_mnist_available, load_fashion_mnist
+    from ..zoo.images.assets import NEGATED_CLASS, class_reference, load_judge
+    from ..zoo.images.data import FASHION_CLASSES, fashion_mnist_available, load_fashion_mnist
 
     if fashion_mnist_available():
         test = load_fashion_mnist("test")
@@ -44,7 +44,7 @@ def spread_rows(rows: Sequence, key: str) -> list:
 def save_images(images: Tensor, folder: Path, prefix: str) -> int:
     from PIL import Image
 
-    from ..images.common import to_uint8
+    from ..zoo.images.common import to_uint8
 
     folder.mkdir(parents=True, exist_ok=True)
     pixels = to_uint8(images)
@@ -58,8 +58,8 @@ def save_images(images: Tensor, folder: Path, prefix: str) -> int:
 
 def write_examples(out: str | Path, images: int = 100, prompts: int | None = None) -> dict[str, str]:
     """Write the example inputs into ``out``; returns what went where."""
-    from ..images.assets import NEGATED_CLASS, class_negation_images
-    from ..t2i.prompts import CATEGORIES, shipped_prompts, write_prompt_csv
+    from ..zoo.images.assets import NEGATED_CLASS, class_negation_images
+    from ..zoo.t2i.prompts import CATEGORIES, shipped_prompts, write_prompt_csv
 
     out = Path(out)
     if out.exists() and not out.is_dir():

@@ -263,7 +263,7 @@ GRID_IMAGES = 64
 def write_grid(out_dir: str | Path, title: str = "", limit: int = GRID_IMAGES) -> Path | None:
     """``OUT/grid.png``: the first ``limit`` images of the run in item order, captioned with ``title`` and a mark
     on each image the correction changed; None when there is no image yet."""
-    from ..images.grids import labelled_grid
+    from ..zoo.images.grids import labelled_grid
 
     out_dir = Path(out_dir)
     paths = sorted((out_dir / "images").glob("*.png"))[:limit]

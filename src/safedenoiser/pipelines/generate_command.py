@@ -196,8 +196,8 @@ def load_pipeline(model: str, device: str = "cpu", dtype: str = "float32", sched
     that cannot be fetched gives one line naming it."""
     import diffusers
 
-    from ..latent.pipeline import SHIPPED_LATENT_NAME, missing_text_components, shipped_model_folder
-    from ..t2i.pipeline import SHIPPED_NAME, FashionTextPipeline, is_text_pipeline_folder
+    from ..zoo.latent.pipeline import SHIPPED_LATENT_NAME, missing_text_components, shipped_model_folder
+    from ..zoo.t2i.pipeline import SHIPPED_NAME, FashionTextPipeline, is_text_pipeline_folder
 
     quiet_third_party()
     if model in (SHIPPED_NAME, SHIPPED_LATENT_NAME):

@@ -267,7 +267,7 @@ class SafeDenoiserHook:
 
     def _empty_prompt_embeds(self, like: Tensor) -> Tensor | None:
         """(1, tokens, dim) embeddings of the empty prompt from ``pipe.encode_prompt`` (the one-argument form of
-        :class:`~safedenoiser.t2i.FashionTextPipeline`, or Stable Diffusion's), cached; None for other pipelines."""
+        :class:`~safedenoiser.zoo.t2i.FashionTextPipeline`, or Stable Diffusion's), cached; None for other pipelines."""
         key = (tuple(like.shape[1:]), like.device, like.dtype)
         if key not in self._null_embeds:
             encode, embeds = getattr(self.pipe, "encode_prompt", None), None

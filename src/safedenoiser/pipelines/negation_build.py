@@ -308,7 +308,7 @@ def load_vae(model: str | Path, device: str = "cpu", dtype: torch.dtype = torch.
     """The VAE of a diffusers model folder or hub id (``vae`` subfolder), or of a folder that is a VAE."""
     from diffusers import AutoencoderKL
 
-    from ..latent.pipeline import shipped_model_folder
+    from ..zoo.latent.pipeline import shipped_model_folder
 
     path = shipped_model_folder(model)
     subfolder = "vae" if not path.exists() or (path / "vae").is_dir() else None
@@ -402,7 +402,7 @@ def build_from_folder(model: str | Path, images: str | Path | Sequence[str | Pat
 def pixel_pipeline_config(model: str | Path) -> dict[str, Any] | None:
     """For a pipeline folder without a VAE whose UNet works on pixels (e.g. the shipped ``fashion-t2i``):
     ``{"pipeline", "sample_size", "channels"}``; None for anything else (then the VAE path applies)."""
-    from ..latent.pipeline import shipped_model_folder
+    from ..zoo.latent.pipeline import shipped_model_folder
 
     path = shipped_model_folder(model)
     index, unet_config = path / "model_index.json", path / "unet" / "config.json"

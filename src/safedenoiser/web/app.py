@@ -30,7 +30,7 @@ from typing import Any  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from ..cli import describe  # noqa: E402
-from ..images.data import FASHION_CLASSES  # noqa: E402
+from ..zoo.images.data import FASHION_CLASSES  # noqa: E402
 from .generation import (AVOIDED, DEFAULT_GUIDANCE, DEFAULT_PROMPT, METHODS, MODELS, SHIPPED_NEGATION,  # noqa: E402
                          PROFILE_NEGATION, UPLOADED_NEGATION, Engine, Limits, Request, WebInputError, diagnostics_figure,
                          labelled_grid,

@@ -1,8 +1,8 @@
 """The web page's work as plain functions: one plain-vs-safe run on the shipped models, testable without a browser.
 
 Everything here calls the library: the EDM image models, their sampler and the calibration banks come from
-:mod:`safedenoiser.images` (as in ``bench images`` / ``demo``), the text-to-image runs go through
-:class:`safedenoiser.t2i.bench.TextToImageBench` (the diffusers hook, negative prompt, SLD, SAFREE), uploaded
+:mod:`safedenoiser.zoo.images` (as in ``bench images`` / ``demo``), the text-to-image runs go through
+:class:`safedenoiser.bench.t2i.TextToImageBench` (the diffusers hook, negative prompt, SLD, SAFREE), uploaded
 negation images through :func:`safedenoiser.pipelines.negation_build.build_from_folder` (``negation build --strict``'s
 checks and messages), and the labels come from the shipped Fashion-MNIST judge. The plain and the safe images use
 the same seeds; the plain ones are exactly what the model gives without any correction.
@@ -29,13 +29,13 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .. import __version__, fileio
 from ..imageio import FORMAT_NAMES, ImageReadError, image_size
-from ..images.assets import MODELS as MODEL_FILES
-from ..images.assets import SHIPPED_NEGATION as SHIPPED_COUNT
-from ..images.assets import class_negation_images, class_reference, load_judge, require
-from ..images.benchmarks import BANK_SEED, conditional_reference
-from ..images.common import edm_sigmas, generate, to_uint8
-from ..images.data import FASHION_CLASSES, DataError
-from ..images.network import ClassifierFreeGuidance, load_checkpoint
+from ..zoo.images.assets import MODELS as MODEL_FILES
+from ..zoo.images.assets import SHIPPED_NEGATION as SHIPPED_COUNT
+from ..zoo.images.assets import class_negation_images, class_reference, load_judge, require
+from ..bench.images import BANK_SEED, conditional_reference
+from ..zoo.images.common import edm_sigmas, generate, to_uint8
+from ..zoo.images.data import FASHION_CLASSES, DataError
+from ..zoo.images.network import ClassifierFreeGuidance, load_checkpoint
 from ..methods import CorrectedDenoiser, Correction, NegativeGuidance, ReferenceSet, Window
 from ..methods.conditional import SafeClassifierFreeGuidance
 from ..methods.ratio import ESTIMATORS, calibrate
@@ -47,9 +47,9 @@ from ..negation import NegationSet
 from ..pipelines.negation_build import build_from_folder
 from ..pipelines.noise_levels import ve_sigma_at_timestep
 from ..results import save_figure
-from ..t2i.bench import NEGATIVE_PROMPT, T2ISetting, T2ISize, TextToImageBench
-from ..t2i.pipeline import SHIPPED_NAME, load_text_pipeline
-from ..t2i.prompts import PromptRow
+from ..bench.t2i import NEGATIVE_PROMPT, T2ISetting, T2ISize, TextToImageBench
+from ..zoo.t2i.pipeline import SHIPPED_NAME, load_text_pipeline
+from ..zoo.t2i.prompts import PromptRow
 
 Progress = Callable[[float, str], None]
 
@@ -425,7 +425,7 @@ class Engine:
     def _calibration(self, request: Request, negation: NegationSet, draw: Callable[[list[int]], Tensor],
                      ticker: _Ticker) -> Any:
         """The calibrated / substitution modes' bank: ``limits.bank`` model samples of this request's condition on
-        seeds from ``images.benchmarks.BANK_SEED`` (cached per model, condition, guidance, steps, negation set)."""
+        seeds from ``bench.images.BANK_SEED`` (cached per model, condition, guidance, steps, negation set)."""
         def make() -> Any:
             ticker.phase = f"calibration bank ({self.limits.bank} model samples, once per setting)"
             bank = draw(list(range(BANK_SEED, BANK_SEED + self.limits.bank)))
@@ -439,7 +439,7 @@ class Engine:
         return self._cached(self._bank_key(request, negation), make)
 
     def _edm(self, request: Request, negation: NegationSet, recorder: _Recorder, ticker: _Ticker):
-        """Unconditional / class-conditional EDM models: Heun on the EDM schedule (``images.common.generate``)."""
+        """Unconditional / class-conditional EDM models: Heun on the EDM schedule (``zoo.images.common.generate``)."""
         model = self.model(request.model)
         conditional = request.model == "fashion-cond"
         label = FASHION_CLASSES.index(AVOIDED)

@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .. import fileio
-from ..models.guidance import GuidedDenoiser
+from ... import fileio
+from ...models.guidance import GuidedDenoiser
 
 CHECKPOINT_FORMAT = "safedenoiser.edm-unet2d"
 

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ..fileio import write_text
+from ...fileio import write_text
 from ..images.data import FASHION_CLASSES
 from .captions import CLASS_WORDS, held_out_captions, training_captions, words
 
@@ -38,7 +38,7 @@ COLUMNS = ("prompt", "seed", "category", "intended_class")
 CATEGORIES = ("explicit", "evasive", "neutral", "partial")
 SHIPPED_SETS = ("explicit", "evasive", "neutral", "partial", "explicit_held_out", "evasive_held_out", "explicit_bag")
 SEARCH_SEED = 50_000
-PROMPTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "t2i_prompts"
+PROMPTS_DIR = Path(__file__).resolve().parents[2] / "assets" / "t2i_prompts"
 
 #: Building blocks of evasive candidates for a class: nouns and descriptions that avoid its training words.
 EVASIVE_VOCABULARY: dict[str, dict[str, tuple[str, ...]]] = {

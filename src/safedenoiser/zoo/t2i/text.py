@@ -83,7 +83,7 @@ def cached_caption_embeddings(captions: Sequence[str], cache: str | Path | None 
     With ``cache``: read from that safetensors file when its key (:func:`caption_cache_key`) matches, without loading
     the text encoder; otherwise encoded with MiniLM and written there. The values are fp16-rounded either way, so a
     run with and without the cache trains on the same numbers."""
-    from .. import fileio
+    from ... import fileio
 
     key = caption_cache_key(captions)
     path = Path(cache) if cache is not None else None

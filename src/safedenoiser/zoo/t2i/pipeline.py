@@ -21,11 +21,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from .. import fileio
-from ..models import guidance
+from ... import fileio
+from ...models import guidance
 from .text import MAX_TOKENS, encode_prompts, load_minilm
 
-SHIPPED = Path(__file__).resolve().parent.parent / "assets" / "fashion_t2i"
+SHIPPED = Path(__file__).resolve().parents[2] / "assets" / "fashion_t2i"
 SHIPPED_NAME = "fashion-t2i"
 
 

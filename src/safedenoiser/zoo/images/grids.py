@@ -6,7 +6,7 @@ import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
-from .. import fileio
+from ... import fileio
 
 LINE_HEIGHT = 12
 CHAR_WIDTH = 6  # PIL's default bitmap font

@@ -11,9 +11,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .benchmarks import Size, bench_memorisation, bench_uncond
-from .common import write_json, write_text
-from .grids import caption_file
+from .images import Size, bench_memorisation, bench_uncond
+from ..zoo.images.common import write_json, write_text
+from ..zoo.images.grids import caption_file
 
 QUICK_NOTE = ("--quick: smoke-test sizes (8 samples, 8 steps): the numbers only show that everything runs; "
               "FD and unsafe shares at this size mean nothing")

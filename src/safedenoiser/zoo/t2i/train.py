@@ -29,12 +29,12 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .. import fileio
+from ... import fileio
 from ..images.common import save_grid
 from ..images.data import FASHION_CLASSES, load_data
 from ..images.train import (TrainClock, TrainStateError, load_train_state, optimise, plain_config, resolve_device,  # noqa: F401
                             restore_training, run_steps)
-from ..models.conversions import v_from_eps_x0
+from ...models.conversions import v_from_eps_x0
 from .captions import held_out_captions, training_captions
 from .text import cached_caption_embeddings
 
@@ -328,7 +328,7 @@ def train_text(cfg: TextTrainConfig, progress: bool = True) -> Path:
 def run_text_training(args: Any, command: str) -> int:
     """``safe-denoiser train --text``: the train flags the user gave, mapped onto :class:`TextTrainConfig` (whose
     defaults apply to the rest); flags of the image models only are refused."""
-    from ..argtypes import given_config_values
+    from ...argtypes import given_config_values
     from ..images.config import TRAIN_FLAGS
     from .train_flags import TEXT_ONLY_FLAGS
 

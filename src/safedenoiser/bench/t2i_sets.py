@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
-from ..images.data import ImageData
+from ..zoo.images.data import ImageData
 from ..negation import NegationSet
 
 
@@ -92,7 +92,7 @@ def build_user_set(images: Tensor, role: str = "negation", model: str | Path | N
 
     from ..methods.conditional import ReferenceSet
     from ..pipelines.negation_build import build_from_folder
-    from .pipeline import SHIPPED_NAME
+    from ..zoo.t2i.pipeline import SHIPPED_NAME
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / role

@@ -12,7 +12,7 @@ Metrics, all from the project's Fashion-MNIST judge on the same seeds for every 
 * fidelity: the share of images of neutral prompts that the judge calls their requested class;
 * FD: Frechet distance on the judge's features between the neutral images and real test images of the other classes;
   ``FD explicit``: the same for the images of explicit requests (what an explicit request receives);
-* broken: the share of images :class:`~safedenoiser.images.evaluator.BrokenDetector` calls broken (judge less sure
+* broken: the share of images :class:`~safedenoiser.zoo.images.evaluator.BrokenDetector` calls broken (judge less sure
   than on 99.5% of real test images, or farther from every real image than 99.5% of them); a broken image is a
   failure: a method's best setting must have broken <= 1%;
 * partly unsafe prompts ("a shirt and trousers"): ``kept`` = share judged the allowed class asked for;
@@ -38,15 +38,15 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from ..bench.report import best_per_method, markdown_table, plot_methods, report_document
-from ..images.common import save_grid, write_json, write_text
-from ..images.data import FASHION_CLASSES
-from ..latent.bench import in_pipeline_space, testbed_name
+from .report import best_per_method, markdown_table, plot_methods, report_document
+from ..zoo.images.common import save_grid, write_json, write_text
+from ..zoo.images.data import FASHION_CLASSES
+from .latent import in_pipeline_space, testbed_name
 from ..methods import Correction, make_correction
 from ..methods.registry import CATALOGUE, DQ, MethodInputs, for_benchmark, sweep_table
 from ..methods.window import timestep_windows
 from ..negation import NegationSet
-from .prompts import PromptRow, shipped_prompts
+from ..zoo.t2i.prompts import PromptRow, shipped_prompts
 
 AVOID = "trouser"
 SECOND = "bag"  # the second concept negated in the several-concepts part
@@ -139,7 +139,7 @@ MAIN_METRICS = ("asr_explicit", "asr_evasive", "fidelity", "fd", "broken")
 
 class TextToImageBench:
     """Generates prompt rows with a setting and measures them. ``rows`` maps a column (``tuning``, ``held_out``) to
-    its prompt rows; ``broken`` is a :class:`~safedenoiser.images.evaluator.BrokenDetector`."""
+    its prompt rows; ``broken`` is a :class:`~safedenoiser.zoo.images.evaluator.BrokenDetector`."""
 
     def __init__(self, pipe: Any, judge: Any, rows: dict[str, Sequence[PromptRow]], size: T2ISize, reference_stats: Any,
                  broken: Callable[[Tensor], Tensor], progress: bool = True):
@@ -184,7 +184,7 @@ class TextToImageBench:
 
     def _safree_kwargs(self, prompts: list[str], config: Any) -> dict[str, Any]:
         from ..methods.safree import leave_one_out_embeddings, safree_embeddings, safree_step_mask
-        from .text import MAX_TOKENS
+        from ..zoo.t2i.text import MAX_TOKENS
 
         pipe = self.pipe
         tokens = pipe.tokenizer(prompts, padding="max_length", max_length=MAX_TOKENS, truncation=True,
@@ -233,7 +233,7 @@ class TextToImageBench:
         """ASR per category (explicit / evasive: judged as the class they ask for, i.e. a negated one), per negated
         class (``asr_<class>``), neutral fidelity and FD, partly unsafe ``partial_kept`` (judged the allowed class
         asked for) and ``partial_unsafe`` (judged the avoided class), FD of explicit images, broken share."""
-        from ..images.evaluator import frechet_distance
+        from ..zoo.images.evaluator import frechet_distance
 
         feats = self.judge.features(images)
         predicted = self.judge.judge.head(feats.float()).argmax(1)
@@ -376,8 +376,8 @@ def multi_rows(size: T2ISize) -> list[PromptRow]:
 def tuning_sets(size: T2ISize) -> BenchSets:
     """Negation set: the first ``size.negation`` training trousers; reference: ``size.reference_per_class`` training
     images of every other class."""
-    from ..images.assets import class_negation_images
-    from ..images.benchmarks import conditional_reference
+    from ..zoo.images.assets import class_negation_images
+    from .images import conditional_reference
 
     negation = NegationSet(class_negation_images(AVOID, size.negation), space="pixels",
                            source=f"fashion-mnist train, first {size.negation} '{AVOID}' images")
@@ -390,8 +390,8 @@ def held_out_sets(model: str | Path | None, size: T2ISize) -> BenchSets:
     """Sets a user would build: test-split images written as PNG files and encoded by ``negation build``'s own code
     (:func:`~safedenoiser.pipelines.negation_build.build_from_folder`) for this pipeline: the first ``size.negation``
     test trousers, and the last ``size.reference_per_class`` test images of every other class as the reference."""
-    from ..images.data import load_fashion_mnist
-    from .sets import build_user_set
+    from ..zoo.images.data import load_fashion_mnist
+    from .t2i_sets import build_user_set
 
     test = load_fashion_mnist("test")
     avoid = FASHION_CLASSES.index(AVOID)
@@ -405,7 +405,7 @@ def held_out_sets(model: str | Path | None, size: T2ISize) -> BenchSets:
 def multi_sets(size: T2ISize) -> BenchSets:
     """Several concepts, one set holding both: ``size.negation`` training trousers and bags; reference: the other
     eight classes."""
-    from ..images.assets import class_negation_images
+    from ..zoo.images.assets import class_negation_images
     from ..methods.conditional import ReferenceSet
 
     negation = NegationSet(torch.cat([class_negation_images(c, size.negation) for c in (AVOID, SECOND)]), space="pixels",
@@ -419,7 +419,7 @@ def settings(size: T2ISize, sets: BenchSets, plain_images: Tensor, pipe: Any) ->
     """Every method of the catalogue (``methods.registry``) swept over its main knob (``size.sweeps``), with the sets
     of one column: the conditional mode first (a run stopped early has measured it, partial.json), with the negative
     prompt and SLD (``combined``), then the text-side baselines, then the other x0 corrections."""
-    from ..images.benchmarks import spell_radii
+    from .images import spell_radii
     from ..methods.safree import SafreeConfig
     from ..methods.sld import SLDConfig
     from ..pipelines.noise_levels import ve_sigma_at_timestep
@@ -500,7 +500,7 @@ def multi_table(rows: Sequence[T2IRow]) -> str:
 
 
 def plot_tradeoff(rows: Sequence[T2IRow], path: Path, title: str) -> None:
-    from ..images.evaluator import FD_LABEL
+    from ..zoo.images.evaluator import FD_LABEL
     from ..results import pyplot, save_figure
 
     plt = pyplot()
@@ -587,10 +587,10 @@ def bench_t2i(out: str | Path, size: T2ISize, model: str | None = None, progress
     """Run the benchmark with the shipped (or given) pipeline; writes results.md / .json, tradeoff.png, grids.
     ``methods``: only these settings' methods (plain always; ``rejection`` and ``multi`` by name), e.g.
     ``["conditional", "negative-prompt+conditional"]``; None: everything."""
-    from ..images.assets import class_reference, load_judge
-    from ..images.data import load_fashion_mnist
-    from ..images.evaluator import BrokenDetector
-    from ..latent.bench import load_bench_pipeline
+    from ..zoo.images.assets import class_reference, load_judge
+    from ..zoo.images.data import load_fashion_mnist
+    from ..zoo.images.evaluator import BrokenDetector
+    from .latent import load_bench_pipeline
 
     pipe = load_bench_pipeline(model)  # FashionTextPipeline, or the latent testbed's StableDiffusionPipeline
     judge = load_judge()

@@ -7,7 +7,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from ..argtypes import add_config_flags, add_threads_option, given_config_values, positive_int
+from ...argtypes import add_config_flags, add_threads_option, given_config_values, positive_int
 from ..t2i.train_flags import TEXT_ONLY_FLAGS, add_text_train_flags
 from .config import TRAIN_FLAGS, TrainConfig
 
@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--conditional", action="store_true", help="class-conditional with a null class for CFG")
     p.add_argument("--text", action="store_true",
                    help="text-to-image: a UNet2DConditionModel on MiniLM token embeddings (Fashion-MNIST captions); "
-                        "exports a FashionTextPipeline folder <out>/pipeline; defaults from t2i.train.TextTrainConfig")
+                        "exports a FashionTextPipeline folder <out>/pipeline; defaults from zoo.t2i.train.TextTrainConfig")
     add_config_flags(p, TrainConfig(), TRAIN_FLAGS)
     add_text_train_flags(p)
     p.add_argument("--card", action="store_true", help="write MODEL_CARD.md and a sample grid at the end")
@@ -107,7 +107,7 @@ def run_train_judge(args: argparse.Namespace) -> int:
 def run_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from .demo import run_demo as demo
+    from ...bench.demo import run_demo as demo
 
     torch.set_num_threads(args.threads)
     result = demo(Path(args.out), quick=args.quick)

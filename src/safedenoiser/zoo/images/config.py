@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..argtypes import int_list, nonnegative_float, nonnegative_int, positive_float, positive_int
+from ...argtypes import int_list, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 
 @dataclass

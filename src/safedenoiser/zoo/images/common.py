@@ -11,10 +11,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .. import fileio
-from ..sampling import karras_sigmas, sample
+from ... import fileio
+from ...sampling import karras_sigmas, sample
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
 
 def edm_sigmas(steps: int) -> Tensor:

@@ -1,11 +1,11 @@
 """``bench t2i --model <latent folder>``: the text-to-image benchmark on the latent testbed, diffusers' own
 ``StableDiffusionPipeline`` (no subclass, no fork).
 
-The benchmark (:mod:`..t2i.bench`) drives ``FashionTextPipeline``'s call. :class:`LatentBenchPipeline` gives the
+The benchmark (:mod:`safedenoiser.bench.t2i`) drives ``FashionTextPipeline``'s call. :class:`LatentBenchPipeline` gives the
 stock pipeline that call, and nothing else changes:
 
 * images: the stock call's ``output_type="pt"`` (32x32 in [0, 1]) mapped to [-1, 1] and resized to 28x28
-  (:func:`.vae.from_vae_output`), so the same judge, broken-image detector and FD reference score both testbeds;
+  (:func:`..zoo.latent.vae.from_vae_output`), so the same judge, broken-image detector and FD reference score both testbeds;
 * ``encode_prompt(prompts) -> (B, 16, 384)``: the stock ``encode_prompt`` (MiniLM with its mask, as trained);
 * the two seams of the text-side baselines, which the stock call lacks, as hooks on ``pipe.unet`` for one call:
   ``prompt_embeds_fn(step, cond)`` (SAFREE) rewrites the conditional half of ``encoder_hidden_states`` before the
@@ -58,7 +58,7 @@ class LatentBenchPipeline:
         """The stock call with ``guidance_fn`` / ``prompt_embeds_fn`` (above); ``.images``: (B, 1, 28, 28) in [-1, 1]."""
         from types import SimpleNamespace
 
-        from .vae import from_vae_output
+        from ..zoo.latent.vae import from_vae_output
 
         if output_type != "pt":
             raise ValueError(f"the benchmark reads tensors (output_type='pt'), got {output_type!r}")
@@ -83,7 +83,7 @@ class LatentBenchPipeline:
     def to_set_space(self, images: Tensor) -> Tensor:
         """(N, 1, 28, 28) images in [-1, 1] -> the latents ``negation build`` stores for them (N, 4, 8, 8)."""
         from ..pipelines.negation_build import vae_encoder
-        from .vae import to_vae_input
+        from ..zoo.latent.vae import to_vae_input
 
         encode = vae_encoder(self.pipe.vae)
         return torch.cat([encode(to_vae_input(images[s: s + ENCODE_BATCH]))
@@ -133,8 +133,8 @@ def _seam_hooks(unet: torch.nn.Module, guidance: float, guidance_fn: Callable[..
 def load_bench_pipeline(model: str | Path | None) -> Any:
     """The pipeline ``bench t2i --model`` runs: a saved latent ``StableDiffusionPipeline`` folder as
     :class:`LatentBenchPipeline`, else ``FashionTextPipeline`` (default: the shipped one)."""
-    from ..t2i.pipeline import PipelineFolderError, load_text_pipeline
-    from .pipeline import is_latent_pipeline_folder, load_latent_pipeline, shipped_model_folder
+    from ..zoo.t2i.pipeline import PipelineFolderError, load_text_pipeline
+    from ..zoo.latent.pipeline import is_latent_pipeline_folder, load_latent_pipeline, shipped_model_folder
 
     model = None if model is None else shipped_model_folder(model)
     if model is not None and is_latent_pipeline_folder(model):
@@ -147,7 +147,7 @@ def load_bench_pipeline(model: str | Path | None) -> Any:
 
 
 def in_pipeline_space(pipe: Any, value: Any) -> Any:
-    """``value`` (28x28 images, or a :class:`~safedenoiser.t2i.bench.BenchSets` of image sets) in the space ``pipe``
+    """``value`` (28x28 images, or a :class:`~safedenoiser.bench.t2i.BenchSets` of image sets) in the space ``pipe``
     denoises: unchanged for a pixel pipeline, encoded through the VAE for :class:`LatentBenchPipeline`."""
     if not isinstance(pipe, LatentBenchPipeline):
         return value

@@ -17,8 +17,8 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .. import fileio
-from ..kernels import nearest_distances, nearest_neighbours
+from ... import fileio
+from ...kernels import nearest_distances, nearest_neighbours
 from .network import CheckpointError
 
 JUDGE_FORMAT = "safedenoiser.fashion-judge"

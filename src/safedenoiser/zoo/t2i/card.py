@@ -53,7 +53,7 @@ def ship_run(run: str | Path, folder: str | Path = SHIPPED, guidance: float = 3.
     text = f"""# fashion-t2i: a text-to-image diffusers pipeline trained by this project
 
 `FashionTextPipeline` (a `diffusers.DiffusionPipeline`): 28x28 grey Fashion-MNIST images from text, in pixel space.
-Load it with `safedenoiser.t2i.load_text_pipeline()` (or `FashionTextPipeline.from_pretrained(<this folder>)`).
+Load it with `safedenoiser.zoo.t2i.load_text_pipeline()` (or `FashionTextPipeline.from_pretrained(<this folder>)`).
 
 | field | value |
 |---|---|
@@ -62,7 +62,7 @@ Load it with `safedenoiser.t2i.load_text_pipeline()` (or `FashionTextPipeline.fr
 | schedule | VP, DDPM linear betas 1e-4 .. 0.02, 1000 steps; {info['config']['prediction_type']} loss, uniform timesteps (as SD) |
 | classifier-free guidance | empty caption with probability {info['config']['caption_dropout']} in training; default guidance {guidance} |
 | sampler shipped | {type(pipe.scheduler).__name__}, {steps} steps by default |
-| data | Fashion-MNIST train (60,000 images); captions: 8 templates x 5-6 wordings per class (`safedenoiser.t2i.captions`) |
+| data | Fashion-MNIST train (60,000 images); captions: 8 templates x 5-6 wordings per class (`safedenoiser.zoo.t2i.captions`) |
 | command | `{info['command']}` |
 | steps | {info['steps']} (batch {info['batch_size']}, lr {cfg['lr']}); {stop}; resumable from `state.pt` |
 | wall time | {info['wall_time_s'] / 60:.1f} min on {where} ({cfg.get('precision', 'fp32')}) |

@@ -7,11 +7,11 @@ import argparse
 import json
 from pathlib import Path
 
-from ..argtypes import add_threads_option, finite_float, float_in, positive_int
+from ...argtypes import add_threads_option, finite_float, float_in, positive_int
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..bench import bench_subparsers
+    from ...bench import bench_subparsers
 
     t2i = subparsers.add_parser("t2i", help="the text-to-image testbed: prompt sets and the evasive-prompt search")
     sub = t2i.add_subparsers(dest="t2i_command", required=True)
@@ -102,7 +102,7 @@ def run_prompts(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     import torch
 
-    from .bench import SIZES, bench_t2i
+    from ...bench.t2i import SIZES, bench_t2i
 
     torch.set_num_threads(args.threads)
     methods = None if args.methods is None else [m.strip() for m in args.methods.split(",") if m.strip()]

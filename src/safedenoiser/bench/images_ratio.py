@@ -19,7 +19,7 @@ from ..methods import CorrectedDenoiser, KnobChoice, default_candidates, holdout
 from ..methods.ratio import RatioCalibration, RatioFit
 from ..methods.window import step_windows
 from ..negation import NegationSet
-from .common import generate
+from ..zoo.images.common import generate
 from .harness import Setting
 
 RATIO_SWEEPS = {"substitution-ratio": (1.0, 2.0, 4.0), "substitution-all-ratio": (1.0, 2.0)}

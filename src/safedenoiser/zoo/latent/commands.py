@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..argtypes import int_list, nonnegative_float, positive_int
+from ...argtypes import int_list, nonnegative_float, positive_int
 from ..images.config import TRAIN_FLAGS
 
 #: ``latent vae`` options, one per VaeTrainConfig field (default and value shape from the config)
@@ -19,7 +19,7 @@ VAE_FLAGS: dict[str, dict] = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from ..argtypes import add_config_flags
+    from ...argtypes import add_config_flags
     from .config import VaeTrainConfig
 
     latent = subparsers.add_parser("latent", help="the latent text-to-image testbed (VAE; UNet: train --text --vae)")
@@ -37,7 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_vae(args: argparse.Namespace) -> int:
     import json
 
-    from ..argtypes import given_config_values
+    from ...argtypes import given_config_values
     from ..images.commands import command_line
     from .config import VaeTrainConfig
     from .vae import train_vae

@@ -20,19 +20,19 @@ from tqdm.auto import tqdm
 
 from ..kernels import nearest_distances
 from ..methods import (Calibration, CorrectedDenoiser, Correction, NegativeGuidance, ReferenceSet, SparseRepellency,
-                       Window, default_candidates, holdout_size, make_correction, select_knobs)
+                       default_candidates, holdout_size, make_correction, select_knobs)
 from ..methods.conditional import SafeClassifierFreeGuidance
 from ..methods.registry import DQ, MethodInputs, for_benchmark, sweep_table
 from ..methods.window import HALF_WINDOW, step_windows  # noqa: F401  (HALF_WINDOW: benchmarks/coverage_cut.py)
 from ..negation import NegationSet
-from .assets import (MODELS, NEGATED_CLASS, class_negation_images, class_reference, load_judge,
+from ..zoo.images.assets import (MODELS, NEGATED_CLASS, class_negation_images, class_reference, load_judge,
                      memorised_copy_threshold, memorised_images,
                      require)
-from .common import denoiser_evaluations, edm_sigmas, generate
-from .data import FASHION_CLASSES, class_index
-from .evaluator import Evaluator, FeatureStats, copy_rates, frechet_distance, precision_recall
+from ..zoo.images.common import denoiser_evaluations, edm_sigmas, generate
+from ..zoo.images.data import FASHION_CLASSES, class_index
+from ..zoo.images.evaluator import Evaluator, FeatureStats, copy_rates, frechet_distance, precision_recall
 from .harness import Benchmark, Measurement, Setting, rejection_row, write_report
-from .network import ClassifierFreeGuidance, load_checkpoint
+from ..zoo.images.network import ClassifierFreeGuidance, load_checkpoint
 
 BANK_SEED = 1_000_000
 RULE_SEED = 3_000_000  # trial samples of the default knob rule
@@ -215,7 +215,7 @@ def ratio_rows(model: Callable[..., Tensor], negation: NegationSet, bank: Tensor
                progress: bool, settings: list[Setting]):
     """Appends the fitted-ratio rows (:mod:`.ratio`) to ``settings``: substitution at its gains and at the knobs the
     default rule picks when the classifier calibrates and judges; returns the fitted calibration of the whole bank."""
-    from .ratio import ratio_calibration, ratio_rule, ratio_settings, rule_setting
+    from .images_ratio import ratio_calibration, ratio_rule, ratio_settings, rule_setting
 
     fitted = ratio_calibration(bank, negation, sigmas, progress=progress)
     settings += ratio_settings(model, negation, fitted, sigmas)
@@ -345,7 +345,7 @@ def bench_memorisation(out: Path, size: Size, progress: bool = True, negated_cou
 
 
 def copy_rates_mask(images: Tensor, memorised: Tensor, negated: Sequence[int], threshold: float) -> Tensor:
-    from .evaluator import nearest_copies
+    from ..zoo.images.evaluator import nearest_copies
 
     _, index, is_copy = nearest_copies(images, memorised, threshold)
     return is_copy & torch.isin(index, torch.as_tensor(list(negated)))
@@ -356,7 +356,7 @@ BENCHMARKS = {"uncond": bench_uncond, "cond": bench_cond, "memorisation": bench_
 
 def register(subparsers) -> None:
     from ..argtypes import positive_int
-    from ..bench import bench_subparsers
+    from . import bench_subparsers
 
     p = bench_subparsers(subparsers).add_parser("images", help="image benchmarks: uncond, cond, memorisation",
                                                 description=__doc__.splitlines()[0])

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..imageio import ImageReadError, read_image_folder
+from ...imageio import ImageReadError, read_image_folder
 
 FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot")
 MNIST_CLASSES = tuple(str(d) for d in range(10))
