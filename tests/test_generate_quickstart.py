@@ -52,3 +52,22 @@ def test_the_readme_shows_the_quickstart_commands():
     readme = (DOC.parent.parent / "README.md").read_text(encoding="utf-8")
     for argv in quickstart_commands():
         assert shlex.join(["safe-denoiser", *argv]) in readme, argv
+
+
+def test_the_quickstart_runs_on_the_latent_testbed(tmp_path, monkeypatch, capsys, one_thread):
+    """The same three commands with ``--model fashion-latent`` (diffusers' own StableDiffusionPipeline, sets of VAE
+    latents): the correction acts, and none of the 4 evasive requests comes out a trouser."""
+    monkeypatch.chdir(tmp_path)
+    for argv in quickstart_commands():
+        argv = ["fashion-latent" if word == "fashion-t2i" else word for word in argv]
+        assert main(argv) == 0, (argv, capsys.readouterr().err[-2000:])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    changed = re.match(r"4 images in run/images \(4 new, 0 already there\); the correction changed (\d) of them", last)
+    assert changed and int(changed.group(1)) >= 1, last
+    from safedenoiser.imageio import read_image_folder
+    from safedenoiser.zoo.images.assets import load_judge
+    from safedenoiser.zoo.images.data import FASHION_CLASSES
+
+    images = read_image_folder(tmp_path / "run" / "images", size=28, mode="L", resize=True).images  # 32x32 -> judge's 28
+    labels = load_judge().classify(images)
+    assert len(labels) == 4 and not bool((labels == FASHION_CLASSES.index("trouser")).any()), labels
