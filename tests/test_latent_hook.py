@@ -153,3 +153,27 @@ def test_conditional_correction_on_guided_path_matches_core(latent_sd, sets):
     assert any((used - expected).abs().max() < (expected - plain).abs().max() for used, expected, plain in checked)
     for used, expected, _ in checked:
         torch.testing.assert_close(used, expected, rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+
+
+def test_a_pipeline_without_text_encoder_runs_on_embeddings_with_a_negative_prompt(latent_sd, sets):
+    """A StableDiffusionPipeline driven by ``prompt_embeds`` alone (no tokenizer, no text encoder) with a negative
+    prompt's embeddings: the conditional mode cannot run the empty prompt's branch, so it keeps the negative branch
+    (version 4's rule) instead of failing inside ``encode_prompt``."""
+    from safedenoiser.zoo.latent.pipeline import latent_pipeline
+
+    pipe = with_scheduler(latent_sd, "DDIMScheduler")
+    embeds = pipe.encode_prompt(PROMPTS, "cpu", 1, False)[0]
+    negative = pipe.encode_prompt(["trousers"] * len(PROMPTS), "cpu", 1, False)[0]
+    bare = latent_pipeline(pipe.vae, pipe.unet, pipe.scheduler)
+    bare.set_progress_bar_config(disable=True)
+    negation, reference = sets
+
+    def run(**kw):
+        gens = [torch.Generator().manual_seed(i) for i in range(len(PROMPTS))]
+        return bare(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=STEPS,
+                    guidance_scale=3.0, generator=gens, output_type="latent", **kw).images
+
+    plain = run()
+    with attach_safe_denoiser(bare, make_correction(negation, "conditional", reference=reference)):
+        safe = run()
+    assert torch.isfinite(safe).all() and not torch.equal(safe[0], plain[0]) and torch.equal(safe[1], plain[1])

@@ -274,12 +274,16 @@ class SafeDenoiserHook:
             params = list(inspect.signature(encode).parameters) if callable(encode) else []
             if params == ["prompt"]:
                 embeds = encode([""])
-            elif "do_classifier_free_guidance" in params:
+            elif "do_classifier_free_guidance" in params and self._has_text_encoder():
                 embeds = encode("", like.device, 1, False)[0]
             if embeds is not None and tuple(embeds.shape[1:]) != key[0]:
                 embeds = None
             self._null_embeds[key] = None if embeds is None else embeds[:1].to(like.device, like.dtype)
         return self._null_embeds[key]
+
+    def _has_text_encoder(self) -> bool:
+        """A pipeline run from ``prompt_embeds`` alone may have no tokenizer or text encoder: no empty prompt then."""
+        return getattr(self.pipe, "tokenizer", None) is not None and getattr(self.pipe, "text_encoder", None) is not None
 
     def _null_branch(self, module: Any, args: tuple, kwargs: dict, x_in: Tensor, x0_u: Tensor, prediction: str,
                      alpha: float, s: float) -> Any:
