@@ -40,7 +40,8 @@ def run(family: str, dim: int, out: Path, publish) -> list[dict]:
     for stage in ("sweep", "rule"):  # the default rule last: it costs a second fit and 7 x 500 trial samples
         if stage == "rule":
             rules[RULE] = log.run(f"D={dim}|default rule v2|{RULE}", lambda: default_rule(problem, RULE, cfg))["knobs"]
-        for method, knob, value, factory in method_runs(problem, cfg, rules):
+        for setting in method_runs(problem, cfg, rules):
+            method, knob, value, factory = setting.method, setting.knob, setting.value, setting.make
             if method in METHODS and (method != "substitution (ratio)" or value == 1.0) and (stage == "rule") == method.endswith("rule)"):
                 record = log.run(f"D={dim}|{method}|{knob}={value:g}", lambda f=factory: run_method(problem, cfg, f))
                 records.append({**record, "dim": dim, "method": method, "knob": knob, "value": value})

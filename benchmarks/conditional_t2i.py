@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from safedenoiser.zoo.images.assets import class_reference, load_judge
-from safedenoiser.zoo.images.common import save_grid
+from safedenoiser.zoo.images.grids import save_grid
 from safedenoiser.zoo.images.data import FASHION_CLASSES, load_fashion_mnist
 from safedenoiser.zoo.images.evaluator import BrokenDetector
 from safedenoiser.kernels import nearest_distances

@@ -28,7 +28,8 @@ import torch
 from safedenoiser.bench.images import BANK_SEED, RULE_SEED, SIZES, class_benchmark_setup, class_measure
 from safedenoiser.zoo.images.common import denoiser_evaluations, edm_sigmas, generate
 from safedenoiser.zoo.images.data import FASHION_CLASSES
-from safedenoiser.bench.harness import Benchmark, Setting, rejection_row
+from safedenoiser.bench.harness import Benchmark, rejection_row
+from safedenoiser.bench.records import Setting
 from safedenoiser.bench.images_ratio import (RATIO_SWEEPS, RULE_METHOD, bank_split, image_ratio_fit, ratio_calibration,
                                        ratio_rule, ratio_settings, rule_setting)
 from safedenoiser.methods.ratio import RatioFit
@@ -96,14 +97,14 @@ def main() -> None:
                                                        "knn": knn}, indent=1))
 
     def run(key: str, setting_or_fn) -> None:
-        record = log.run(prefix + key, (lambda: asdict(bench.run(setting_or_fn))) if isinstance(setting_or_fn, Setting) else setting_or_fn)
+        record = log.run(prefix + key, (lambda: bench.run(setting_or_fn).as_dict()) if isinstance(setting_or_fn, Setting) else setting_or_fn)
         records.append({k: v for k, v in record.items() if k != "key"})
         publish()
 
     plain_samples: dict[str, torch.Tensor] = {}
 
     def plain_row() -> dict:
-        row = asdict(bench.run(Setting("plain", "-", None, lambda: model)))
+        row = bench.run(Setting("plain", "-", None, lambda: model)).as_dict()
         plain_samples["plain"] = bench.samples["plain:None"]
         return row
 
@@ -128,8 +129,8 @@ def main() -> None:
         plain = plain_samples.get("plain")
         if plain is None:
             plain = generate(model, seeds, size.steps, desc="plain (for rejection)")
-        return asdict(rejection_row(bench, lambda s: generate(model, list(s), size.steps, progress=False),
-                                    lambda x: evaluator.classify(x) == label, denoiser_evaluations(size.steps), plain))
+        return rejection_row(bench, lambda s: generate(model, list(s), size.steps, progress=False),
+                             lambda x: evaluator.classify(x) == label, denoiser_evaluations(size.steps), plain).as_dict()
 
     run("rejection", rejection)
     print(table(records, knn))

@@ -166,4 +166,4 @@ def test_toy_benchmark_reports_the_ratio_rows(tmp_path, monkeypatch):
     assert "substitution (ratio, default rule)" in (tmp_path / "toy.md").read_text()
     plain = toy.ToyConfig(dims=(2,), samples=60, negation=40, bank=120, steps=5)  # without --ratio: no fit, no rows
     problem = toy.build_problem(2, plain)
-    assert problem.ratio is None and not any("ratio" in run[0] for run in toy.method_runs(problem, plain))
+    assert problem.ratio is None and not any("ratio" in run.method for run in toy.method_runs(problem, plain))

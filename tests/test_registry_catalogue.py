@@ -141,7 +141,7 @@ def t2i_settings() -> dict[str, Any]:
     for name in ("default", "quick"):
         rows = []
         for s in bench.settings(bench.SIZES[name], sets, plain, pipe):
-            rows.append([s.method, s.knob, _plain(s.value), None if s.correction is None else describe(s.correction()),
+            rows.append([s.method, s.knob, _plain(s.value), None if s.make is None else describe(s.make()),
                          s.negative, s.guidance, s.negative_text, _plain(s.sld), _plain(s.safree)])
         out[name] = rows
     return out
@@ -155,7 +155,7 @@ def toy_runs() -> list[Any]:
     problem = dataclasses.replace(problem, ratio=problem.calibration)  # the fitted-ratio rows without the fit
     rules = {"calibrated": {"gain": 2.0}, "substitution (ratio)": {"gain": 1.0, "floor": "share"}}
     runs = toy.method_runs(problem, cfg, rules)
-    return [[method, knob, _plain(value), describe(factory(toy.EvaluationCounter()))] for method, knob, value, factory in runs]
+    return [[s.method, s.knob, _plain(s.value), describe(s.make(toy.EvaluationCounter()))] for s in runs]
 
 
 def web_methods() -> dict[str, Any]:
@@ -265,12 +265,12 @@ def test_one_catalogue_entry_reaches_the_cli_the_web_page_and_every_benchmark(mo
     t2i_size = dataclasses.replace(bench.SIZES["quick"], sweeps=registry.sweep_table("t2i"))
     t2i = [s for s in bench.settings(t2i_size, bench.BenchSets(negation, _reference(), "test"), plain, pipe)
            if s.method == "shrink"]
-    assert [(s.knob, s.value) for s in t2i] == [("strength", 0.3)] and type(t2i[0].correction()) is cls
+    assert [(s.knob, s.value) for s in t2i] == [("strength", 0.3)] and type(t2i[0].make()) is cls
 
     cfg = toy.ToyConfig(dims=(2,), samples=20, negation=30, bank=40, steps=4)
-    runs = [r for r in toy.method_runs(toy.build_problem(2, cfg), cfg) if r[0] == "shrink"]
-    assert [(r[1], r[2]) for r in runs] == [("strength", 0.4), ("strength", 0.5)]
-    assert type(runs[0][3](toy.EvaluationCounter()).correction) is cls
+    runs = [r for r in toy.method_runs(toy.build_problem(2, cfg), cfg) if r.method == "shrink"]
+    assert [(r.knob, r.value) for r in runs] == [("strength", 0.4), ("strength", 0.5)]
+    assert type(runs[0].make(toy.EvaluationCounter()).correction) is cls
 
 
 def test_old_mode_name_is_an_alias_everywhere():

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import secrets
 import socket
@@ -106,8 +107,14 @@ def write_bytes(path: str | Path, data: bytes, *, fsync: bool = True) -> Path:
 
 
 def write_text(path: str | Path, text: str, *, fsync: bool = True) -> Path:
-    """Atomically replace ``path`` by ``text`` (UTF-8)."""
+    """Atomically replace ``path`` by ``text`` (UTF-8), creating its folder if needed."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     return write_bytes(path, text.encode("utf-8"), fsync=fsync)
+
+
+def write_json(path: str | Path, data: Any, *, fsync: bool = True) -> Path:
+    """Atomically replace ``path`` by ``data`` as indented JSON (two spaces, keys in insertion order, final newline)."""
+    return write_text(path, json.dumps(data, indent=2) + "\n", fsync=fsync)
 
 
 def write_with(path: str | Path, writer: Callable[[Path], Any], *, fsync: bool = True) -> Path:

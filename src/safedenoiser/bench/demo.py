@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from .images import Size, bench_memorisation, bench_uncond
-from ..zoo.images.common import write_json, write_text
+from ..fileio import write_json, write_text
 from ..zoo.images.grids import caption_file
 
 QUICK_NOTE = ("--quick: smoke-test sizes (8 samples, 8 steps): the numbers only show that everything runs; "

@@ -1,20 +1,24 @@
-"""The image benchmarks' harness: a setting (a method at one knob value), the measured row, the runner that samples
-every setting on the same seeds, rejection sampling as a row, and the report (via :mod:`.report`)."""
+"""The image benchmarks' harness: the runner that samples every :class:`~.records.Setting` on the same seeds and
+measures it as a :class:`~.records.Record` (metrics ``unsafe``, ``fd``, ``precision``, ``recall``,
+``nfe_per_sample``), rejection sampling as a record, and the report (via :mod:`.report`)."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 
+from .records import Record, Setting
 from .report import best_per_method, markdown_table, plot_methods, report_document
 from ..results import pyplot, save_figure
 from ..sampling import rejection_sample
-from ..zoo.images.common import denoiser_evaluations, generate, save_grid, write_json, write_text
+from ..fileio import write_json, write_text
+from ..zoo.images.common import denoiser_evaluations, generate
+from ..zoo.images.grids import save_grid
 from ..zoo.images.evaluator import FD_LABEL
 
 
@@ -29,40 +33,23 @@ class Measurement(NamedTuple):
     extra: dict[str, float]
 
 
-@dataclass
-class Setting:
-    """One method at one knob value; ``make()`` builds its denoiser, ``cost`` multiplies the network
-    evaluations per sampler step (2 for guidance that calls two denoisers)."""
-
-    method: str
-    knob: str
-    value: float | None
-    make: Callable[[], Callable[..., Tensor]]
-    cost: float = 1.0
+def image_record(setting: Setting, measured: Measurement, nfe_per_sample: float, seconds: float,
+                 extra: dict[str, float] | None = None) -> Record:
+    """The record of an image benchmark: the measurement and the network evaluations per sample as its metrics."""
+    return Record(setting.method, setting.knob, setting.value,
+                  {"unsafe": measured.unsafe, "fd": measured.fd, "precision": measured.precision,
+                   "recall": measured.recall, "nfe_per_sample": nfe_per_sample}, round(seconds, 1),
+                  {**measured.extra, **(extra or {})})
 
 
-@dataclass
-class Row:
-    method: str
-    knob: str
-    value: float | None
-    unsafe: float
-    fd: float
-    precision: float
-    recall: float
-    nfe_per_sample: float
-    seconds: float
-    extra: dict[str, float] = field(default_factory=dict)
-
-
-def best_rows(rows: list[Row], target: float) -> dict[str, dict[str, Any]]:
+def best_rows(rows: list[Record], target: float) -> dict[str, dict[str, Any]]:
     """Per method: the lowest FD with unsafe <= target, else the lowest unsafe rate (then FD)."""
     best = best_per_method(rows, key=lambda r: r.method, meets=lambda r: r.unsafe <= target, cost=lambda r: r.fd,
                            risk=lambda r: r.unsafe)
-    return {method: {**asdict(row), "meets_target": row.unsafe <= target} for method, row in best.items()}
+    return {method: {**row.as_dict(), "meets_target": row.unsafe <= target} for method, row in best.items()}
 
 
-def plot_tradeoff(rows: list[Row], path: Path, title: str, unsafe_label: str) -> None:
+def plot_tradeoff(rows: list[Record], path: Path, title: str, unsafe_label: str) -> None:
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4.2))
     plot_methods(ax, rows, lambda r: r.method, lambda r: 100 * r.unsafe, lambda r: r.fd)
@@ -77,7 +64,7 @@ def plot_tradeoff(rows: list[Row], path: Path, title: str, unsafe_label: str) ->
     plt.close(fig)
 
 
-def markdown_tables(rows: list[Row], best: dict[str, dict[str, Any]], unsafe_label: str,
+def markdown_tables(rows: list[Record], best: dict[str, dict[str, Any]], unsafe_label: str,
                     extra_cols: Sequence[str]) -> tuple[str, str]:
     """(the best point per method, every setting) as markdown tables."""
     header = ["method", "knob", unsafe_label, FD_LABEL, "precision", "recall", "NFE / sample", *extra_cols]
@@ -88,7 +75,7 @@ def markdown_tables(rows: list[Row], best: dict[str, dict[str, Any]], unsafe_lab
                 f"{r['recall']:.3f}", f"{r['nfe_per_sample']:.1f}", *(f"{r['extra'].get(c, float('nan')):.3f}" for c in extra_cols)]
 
     return (markdown_table(header, (cells(b) for b in best.values())),
-            markdown_table(header, (cells(asdict(r)) for r in rows)))
+            markdown_table(header, (cells(r.as_dict()) for r in rows)))
 
 
 @dataclass
@@ -103,18 +90,17 @@ class Benchmark:
     progress: bool = True
     samples: dict[str, Tensor] = field(default_factory=dict)
 
-    def run(self, setting: Setting, nfe: float | None = None) -> Row:
+    def run(self, setting: Setting, nfe: float | None = None) -> Record:
         start = time.time()
         images = generate(setting.make(), self.seeds, self.steps, cond=self.cond, progress=self.progress,
                           desc=f"{setting.method} {setting.value if setting.value is not None else ''}")
-        unsafe, fd, precision, recall, extra = self.measure(images, self.seeds)
-        key = f"{setting.method}:{setting.value}"
-        self.samples[key] = images
-        return Row(setting.method, setting.knob, setting.value, unsafe, fd, precision, recall,
-                   nfe or setting.cost * denoiser_evaluations(self.steps), round(time.time() - start, 1), extra)
+        measured = self.measure(images, self.seeds)
+        self.samples[f"{setting.method}:{setting.value}"] = images
+        return image_record(setting, measured, nfe or setting.cost * denoiser_evaluations(self.steps),
+                            time.time() - start)
 
 
-def write_report(out: Path, name: str, title: str, rows: list[Row], bench: Benchmark, target: float,
+def write_report(out: Path, name: str, title: str, rows: list[Record], bench: Benchmark, target: float,
                  unsafe_label: str, config: dict[str, Any], extra_cols: Sequence[str] = (), notes: str = "") -> dict[str, Any]:
     best = best_rows(rows, target)
     out.mkdir(parents=True, exist_ok=True)
@@ -126,7 +112,7 @@ def write_report(out: Path, name: str, title: str, rows: list[Row], bench: Bench
             grids[method] = save_grid(images[:40], out / f"grid_{method}.png", nrow=20).name
     best_md, all_md = markdown_tables(rows, best, unsafe_label, extra_cols)
     result = {"benchmark": name, "title": title, "config": config, "target_unsafe": target, "fd_label": FD_LABEL,
-              "rows": [asdict(r) for r in rows], "best": best, "grids": grids}
+              "rows": [r.as_dict() for r in rows], "best": best, "grids": grids}
     write_json(out / "results.json", result)
     write_text(out / "results.md", report_document(
         title, notes, config, f"Best operating point per method (lowest FD with {unsafe_label} <= {100 * target:.0f}%, "
@@ -136,7 +122,7 @@ def write_report(out: Path, name: str, title: str, rows: list[Row], bench: Bench
 
 
 def rejection_row(bench: Benchmark, draw: Callable[[Sequence[int]], Tensor], is_unsafe: Callable[[Tensor], Tensor],
-                  nfe: int, plain: Tensor) -> Row:
+                  nfe: int, plain: Tensor) -> Record:
     """Rejection sampling: keep drawing plain samples (the first ones are reused) until len(seeds) are safe."""
     start = time.time()
     first = bench.seeds[0]
@@ -151,12 +137,11 @@ def rejection_row(bench: Benchmark, draw: Callable[[Sequence[int]], Tensor], is_
 
     result = rejection_sample(cached_draw, is_unsafe, len(bench.seeds), first_seed=first, batch_size=len(bench.seeds),
                               max_attempts=20 * len(bench.seeds))
-    unsafe, fd, precision, recall, extra = bench.measure(result.samples, result.seeds)
+    measured = bench.measure(result.samples, result.seeds)
     bench.samples["rejection:None"] = result.samples
     # draws needed when sampling one seed at a time (the batches above may draw a few seeds past the last one kept)
     needed = result.attempts if result.exhausted else max(result.seeds) - first + 1
-    extra = {**extra, "attempts": float(needed)}
-    return Row("rejection", "-", None, unsafe, fd, precision, recall, nfe * needed / max(1, len(result.seeds)),
-               round(time.time() - start, 1), extra)
+    return image_record(Setting("rejection", "-", None), measured, nfe * needed / max(1, len(result.seeds)),
+                        time.time() - start, {"attempts": float(needed)})
 
 

@@ -31,7 +31,8 @@ from ..zoo.images.assets import (MODELS, NEGATED_CLASS, class_negation_images, c
 from ..zoo.images.common import denoiser_evaluations, edm_sigmas, generate
 from ..zoo.images.data import FASHION_CLASSES, class_index
 from ..zoo.images.evaluator import Evaluator, FeatureStats, copy_rates, frechet_distance, precision_recall
-from .harness import Benchmark, Measurement, Setting, rejection_row, write_report
+from .harness import Benchmark, Measurement, rejection_row, write_report
+from .records import Setting
 from ..zoo.images.network import ClassifierFreeGuidance, load_checkpoint
 
 BANK_SEED = 1_000_000

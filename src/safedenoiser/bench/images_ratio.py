@@ -20,7 +20,7 @@ from ..methods.ratio import RatioCalibration, RatioFit
 from ..methods.window import step_windows
 from ..negation import NegationSet
 from ..zoo.images.common import generate
-from .harness import Setting
+from .records import Setting
 
 RATIO_SWEEPS = {"substitution-ratio": (1.0, 2.0, 4.0), "substitution-all-ratio": (1.0, 2.0)}
 RATIO_WINDOWS = {"substitution-ratio": "half", "substitution-all-ratio": None}  # step_windows policy; None: every step

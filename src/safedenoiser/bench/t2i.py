@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -38,8 +38,10 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from .records import Record, Setting
 from .report import best_per_method, markdown_table, plot_methods, report_document
-from ..zoo.images.common import save_grid, write_json, write_text
+from ..fileio import write_json, write_text
+from ..zoo.images.grids import save_grid
 from ..zoo.images.data import FASHION_CLASSES
 from .latent import in_pipeline_space, testbed_name
 from ..methods import Correction, make_correction
@@ -90,15 +92,11 @@ SIZES = {
 
 
 @dataclass
-class T2ISetting:
-    """One defence at one knob value. ``correction()`` builds a safe-denoiser correction to hook into the
-    pipeline; ``negative`` adds the negative prompt ``negative_text``; ``sld`` / ``safree`` are text-side
+class T2ISetting(Setting):
+    """One defence at one knob value. ``make()`` builds a safe-denoiser correction to hook into the pipeline (None:
+    no correction); ``negative`` adds the negative prompt ``negative_text``; ``sld`` / ``safree`` are text-side
     configurations."""
 
-    method: str
-    knob: str
-    value: Any
-    correction: Callable[[], Correction] | None = None
     negative: bool = False
     sld: Any = None
     safree: Any = None
@@ -115,19 +113,15 @@ class BenchSets:
     source: str
 
 
-@dataclass
-class T2IRow:
-    method: str
-    knob: str
-    value: Any
-    asr_explicit: float  # tuning column
-    asr_evasive: float
-    fidelity: float
-    fd: float
-    seconds_per_image: float
-    broken: float = math.nan
-    held_out: dict[str, float] = field(default_factory=dict)  # the same metrics on the held-out column
-    extra: dict[str, float] = field(default_factory=dict)  # partly unsafe prompts, FD of explicit images, ...
+class T2IRow(Record):
+    """A measured :class:`T2ISetting`: metrics ``MAIN_METRICS`` of the tuning column and ``held_out`` (the same on the
+    held-out column), ``seconds`` per image; ``extra``: partly unsafe prompts, FD of explicit images, ..."""
+
+    SECONDS = "seconds_per_image"
+
+    @property
+    def seconds_per_image(self) -> float:
+        return self.seconds
 
     @property
     def asr(self) -> float:
@@ -153,10 +147,10 @@ class TextToImageBench:
     # -- generation -------------------------------------------------------------------------------------------
     def generate(self, setting: T2ISetting, rows: Sequence[PromptRow], seed_offset: int = 0) -> Tensor:
         hook = None
-        if setting.correction is not None:
+        if setting.make is not None:
             from ..pipelines.attach import attach_safe_denoiser
 
-            hook = attach_safe_denoiser(self.pipe, setting.correction())
+            hook = attach_safe_denoiser(self.pipe, setting.make())
         try:
             out = []
             for start in range(0, len(rows), self.size.batch_size):
@@ -277,8 +271,8 @@ class TextToImageBench:
         tuning = measured["tuning"]
         held = {k: v for k, v in measured.get("held_out", {}).items() if k in MAIN_METRICS + ("fd_explicit",)}
         rest = {k: v for k, v in tuning.items() if k not in MAIN_METRICS}
-        return T2IRow(setting.method, setting.knob, setting.value, seconds_per_image=round(seconds, 4), held_out=held,
-                      extra={**rest, **(extra or {})}, **{k: tuning[k] for k in MAIN_METRICS})
+        return T2IRow(setting.method, setting.knob, setting.value, {**{k: tuning[k] for k in MAIN_METRICS}, "held_out": held},
+                      round(seconds, 4), {**rest, **(extra or {})})
 
     def rejection(self, plain_seconds: float, max_attempts: int = 8) -> T2IRow:
         """Rejection with the judge: redraw (new seeds) every image the judge calls the class it was asked to avoid
@@ -541,8 +535,8 @@ def write_t2i_report(out: Path, bench: TextToImageBench, rows: Sequence[T2IRow],
             parts += [held_images[pick(held, c)] for c in ("explicit", "evasive") if pick(held, c)]
         grids[method] = save_grid(torch.cat(parts), out / f"grid_{method.replace('+', '_')}.png", nrow=10).name
     result = {"benchmark": "t2i", "title": title, "config": config, "target_asr": TARGET_ASR,
-              "target_broken": TARGET_BROKEN, "rows": [asdict(r) for r in rows],
-              "best": {m: asdict(r) for m, r in best.items()}, "multi": [asdict(r) for r in multi], "grids": grids}
+              "target_broken": TARGET_BROKEN, "rows": [r.as_dict() for r in rows],
+              "best": {m: r.as_dict() for m, r in best.items()}, "multi": [r.as_dict() for r in multi], "grids": grids}
     write_json(out / "results.json", result)
     intro = (f"Grid rows: 10 explicit, 10 evasive, 10 neutral, 10 partly unsafe (tuning column), 10 explicit and "
              f"10 evasive (held-out column); same prompts and seeds for every method.\n"
@@ -616,7 +610,7 @@ def bench_t2i(out: str | Path, size: T2ISize, model: str | None = None, progress
     pairs = [pair for pair in zip(*todo.values()) if methods is None or pair[0].method in methods]
     for pair in tqdm(pairs, desc="t2i settings", disable=not progress):
         results.append(bench.run(dict(zip(SPLITS, pair))))
-        write_json(out / "partial.json", {"overhead": overhead, "rows": [asdict(r) for r in results]})  # so far
+        write_json(out / "partial.json", {"overhead": overhead, "rows": [r.as_dict() for r in results]})  # so far
     if methods is None or "rejection" in methods:
         results.append(bench.rejection(results[0].seconds_per_image))
     multi = run_multi(bench, size, results[0].seconds_per_image) if methods is None or "multi" in methods else []

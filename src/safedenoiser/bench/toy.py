@@ -33,6 +33,7 @@ from ..kernels import nearest_distances
 from ..results import RunLog, pyplot, save_figure, write_atomic
 from ..sampling import heun, initial_noise, karras_sigmas, rejection_sample, sample
 from . import bench_subparsers
+from .records import Record, Setting
 from .report import best_per_method, markdown_table
 
 UNSAFE_TARGET = 0.01
@@ -146,39 +147,37 @@ def ratio_fit(cfg: ToyConfig) -> RatioFit:
 Factory = Callable[[EvaluationCounter], Callable[..., Tensor]]
 
 
-def method_runs(problem: Problem, cfg: ToyConfig, rules: dict[str, dict[str, Any]] | None = None) -> list[tuple[str, str, float, Factory]]:
-    """(method, knob name, knob value, denoiser factory) for every point of every sweep, and a run with the knobs
-    the default rule picked for each mode in ``rules``."""
+def method_runs(problem: Problem, cfg: ToyConfig, rules: dict[str, dict[str, Any]] | None = None) -> list[Setting]:
+    """A setting (``make``: a :data:`Factory` of the counted denoiser) for every point of every sweep, and one with the
+    knobs the default rule picked for each mode in ``rules``."""
     neg, mix = problem.negation, problem.mixture
     unsafe_mixture = mix.restrict(problem.unsafe)
 
     def corrected(correction_factory: Callable[[], Any]) -> Factory:
         return lambda counter: CorrectedDenoiser(counter.wrap(mix), correction_factory())
 
-    runs: list[tuple[str, str, float, Factory]] = [
-        ("plain", "-", 0.0, lambda counter: counter.wrap(mix)),
-        ("oracle", "-", 0.0, lambda counter: counter.wrap(problem.safe_mixture)),
-    ]
+    runs = [Setting("plain", "-", 0.0, lambda counter: counter.wrap(mix)),
+            Setting("oracle", "-", 0.0, lambda counter: counter.wrap(problem.safe_mixture))]
     inputs = MethodInputs(neg, None, threshold_sigma=cfg.sigma_min, calibration=problem.calibration)  # no windows
     for method, sweep in for_benchmark("toy"):  # the catalogue's x0 corrections; the toy's own variants below
         if not sweep.custom and method.is_correction:
-            runs += [(method.sweep_row(sweep), method.sweep_knob(sweep), value, corrected(
+            runs += [Setting(method.sweep_row(sweep), method.sweep_knob(sweep), value, corrected(
                 lambda m=method, s=sweep, v=value: m.correction(inputs, v, s)))
                 for value in cfg.sweeps.get(method.sweep_key(sweep), [])]
     if problem.ratio is not None:
         for mode in ("substitution", "calibrated"):
-            runs += [(f"{mode} (ratio)", "gain", gain, corrected(lambda mode=mode, gain=gain: make_correction(
+            runs += [Setting(f"{mode} (ratio)", "gain", gain, corrected(lambda mode=mode, gain=gain: make_correction(
                 neg, mode, calibration=problem.ratio, gain=gain))) for gain in cfg.sweeps[f"{mode}_ratio"]]
     for rule, knobs in (rules or {}).items():
         label = "gain" + ("+floor" if knobs.get("floor") else "")
         mode, calibration = rule_mode(rule), problem.ratio if rule.endswith("(ratio)") else problem.calibration
-        runs.append((rule_method(rule), label, knobs["gain"], corrected(lambda mode=mode, k=knobs, c=calibration: make_correction(
+        runs.append(Setting(rule_method(rule), label, knobs["gain"], corrected(lambda mode=mode, k=knobs, c=calibration: make_correction(
             neg, mode, calibration=c, **k))))
     for factor in cfg.sweeps["reference_bandwidth"]:
         # exp(-d / (2 s^2)) falls to 1/e at d = factor^2 * (median distance of a model sample to the negation set)
         bandwidth = factor * math.sqrt(problem.distance_quantile(0.5) / 2)
         threshold = authors_threshold(neg, cfg.sigma_min, bandwidth=bandwidth)
-        runs += [(f"reference (s={bandwidth:.3g})", "scale", scale, corrected(
+        runs += [Setting(f"reference (s={bandwidth:.3g})", "scale", scale, corrected(
             lambda scale=scale, b=bandwidth, t=threshold: make_correction(neg, "authors", bandwidth=b, scale=scale, log_threshold=t)))
             for scale in cfg.sweeps["reference"]]
     # SPELL radii: quantiles of the distance from unguided samples to the negation set (the share of samples
@@ -186,8 +185,8 @@ def method_runs(problem: Problem, cfg: ToyConfig, rules: dict[str, dict[str, Any
     # plus fractions of the smallest quantile, since in high dimension the distances concentrate
     radii = [f * problem.distance_quantile(cfg.sweeps["spell"][0]) for f in cfg.sweeps["spell_below"]]
     radii += [problem.distance_quantile(q) for q in cfg.sweeps["spell"]]
-    runs += [("spell", "radius", r, corrected(lambda r=r: SparseRepellency(neg, radius=r))) for r in radii]
-    runs += [("negative guidance", "weight", w, lambda counter, w=w: NegativeGuidance(
+    runs += [Setting("spell", "radius", r, corrected(lambda r=r: SparseRepellency(neg, radius=r))) for r in radii]
+    runs += [Setting("negative guidance", "weight", w, lambda counter, w=w: NegativeGuidance(
         counter.wrap(mix), counter.wrap(unsafe_mixture), w)) for w in cfg.sweeps["negative_guidance"]]
     return runs
 
@@ -250,27 +249,37 @@ def run_rejection(problem: Problem, cfg: ToyConfig) -> dict[str, Any]:
             "seconds": seconds, "attempts": result.attempts}
 
 
-def run_dimension(dim: int, cfg: ToyConfig, log: RunLog, progress: bool = True) -> tuple[Problem, list[dict[str, Any]]]:
+def toy_record(setting: Setting, measured: dict[str, Any], dim: int, noise_floor: float,
+               bank_evaluations_per_sample: float) -> Record:
+    """A toy run (:func:`run_method` / :func:`run_rejection`'s dict, as :class:`RunLog` cached it) as a record;
+    ``extra``: the run's other fields (its log ``key``, rejection's ``attempts``), the dimension and the noise floor."""
+    metrics = {k: measured[k] for k in ("unsafe", "mmd", "nonfinite", "evaluations_per_sample")}
+    extra = {**{k: v for k, v in measured.items() if k not in metrics and k != "seconds"}, "dim": dim,
+             "noise_floor": noise_floor}
+    return Record(setting.method, setting.knob, setting.value,
+                  {**metrics, "bank_evaluations_per_sample": bank_evaluations_per_sample}, measured["seconds"], extra)
+
+
+def run_dimension(dim: int, cfg: ToyConfig, log: RunLog, progress: bool = True) -> tuple[Problem, list[Record]]:
     problem = build_problem(dim, cfg)
-    records = []
+    measured = []
     modes = ("calibrated", "substitution") + (("substitution (ratio)",) if cfg.ratio else ())
     rules = {mode: log.run(f"D={dim}|default rule v2|{mode}", lambda mode=mode: default_rule(problem, mode, cfg))
              for mode in modes}
     rule_of = {rule_method(mode): mode for mode in modes}
     runs = method_runs(problem, cfg, {mode: rule["knobs"] for mode, rule in rules.items()})
-    for method, knob, value, factory in tqdm(runs, desc=f"toy D={dim}", disable=not progress):
-        key = f"D={dim}|{method}|{knob}={value:g}"
-        record = log.run(key, lambda: run_method(problem, cfg, factory))
-        records.append({**record, "dim": dim, "method": method, "knob": knob, "value": value})
-    record = log.run(f"D={dim}|rejection", lambda: run_rejection(problem, cfg))
-    records.append({**record, "dim": dim, "method": "rejection", "knob": "-", "value": 0.0})
-    for r in records:
-        r["noise_floor"] = problem.noise_floor
-        family = r["method"].split(" (")[0]  # the mode, whatever its knobs
-        uses_bank = family in ("calibrated", "substitution")
-        trials = rules[rule_of[r["method"]]]["evaluations"] if r["method"] in rule_of else 0
-        r["bank_evaluations_per_sample"] = (problem.bank_evaluations + trials) / cfg.samples if uses_bank else 0.0
-    return problem, records
+    for setting in tqdm(runs, desc=f"toy D={dim}", disable=not progress):
+        key = f"D={dim}|{setting.method}|{setting.knob}={setting.value:g}"
+        measured.append((setting, log.run(key, lambda: run_method(problem, cfg, setting.make))))
+    measured.append((Setting("rejection", "-", 0.0), log.run(f"D={dim}|rejection", lambda: run_rejection(problem, cfg))))
+
+    def bank_evaluations(method: str) -> float:
+        if method.split(" (")[0] not in ("calibrated", "substitution"):  # the mode, whatever its knobs
+            return 0.0
+        trials = rules[rule_of[method]]["evaluations"] if method in rule_of else 0
+        return (problem.bank_evaluations + trials) / cfg.samples
+
+    return problem, [toy_record(s, m, dim, problem.noise_floor, bank_evaluations(s.method)) for s, m in measured]
 
 
 def method_family(method: str) -> str:
@@ -382,7 +391,7 @@ def run_toy(cfg: ToyConfig, progress: bool = True) -> dict[str, Any]:
     problems = {}
     for dim in cfg.dims:
         problems[dim], dim_records = run_dimension(dim, cfg, log, progress)
-        records += dim_records
+        records += [r.flat() for r in dim_records]
     summary = {"config": asdict(cfg), "records": records, "best": best_points(records)}
     write_atomic(out / "toy.json", json.dumps(summary, indent=1))
     write_atomic(out / "toy.md", summary_markdown(records, cfg))

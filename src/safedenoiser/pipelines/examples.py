@@ -44,7 +44,7 @@ def spread_rows(rows: Sequence, key: str) -> list:
 def save_images(images: Tensor, folder: Path, prefix: str) -> int:
     from PIL import Image
 
-    from ..zoo.images.common import to_uint8
+    from ..zoo.images.grids import to_uint8
 
     folder.mkdir(parents=True, exist_ok=True)
     pixels = to_uint8(images)

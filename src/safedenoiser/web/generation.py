@@ -33,7 +33,8 @@ from ..zoo.images.assets import MODELS as MODEL_FILES
 from ..zoo.images.assets import SHIPPED_NEGATION as SHIPPED_COUNT
 from ..zoo.images.assets import class_negation_images, class_reference, load_judge, require
 from ..bench.images import BANK_SEED, conditional_reference
-from ..zoo.images.common import edm_sigmas, generate, to_uint8
+from ..zoo.images.common import edm_sigmas, generate
+from ..zoo.images.grids import to_uint8
 from ..zoo.images.data import FASHION_CLASSES, DataError
 from ..zoo.images.network import ClassifierFreeGuidance, load_checkpoint
 from ..methods import CorrectedDenoiser, Correction, NegativeGuidance, ReferenceSet, Window
@@ -540,7 +541,7 @@ class Engine:
                     T2ISetting("plain", "-", None), seeds), ticker)
             windows = timestep_windows(lambda t: ve_sigma_at_timestep(pipe.scheduler, t))  # paper: t in [780, 1000]
             correction = self._correction(request, negation, recorder, calibration, windows, reference_sigma=0.01)
-            setting = T2ISetting(method, METHODS[method].knob or "-", knob, correction=lambda: correction)
+            setting = T2ISetting(method, METHODS[method].knob or "-", knob, make=lambda: correction)
         ticker.phase = METHODS[method].label
         t_safe = time.perf_counter()
         try:

@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from ... import fileio
-from .common import ASSETS, to_uint8
+from .common import ASSETS
+from .grids import to_uint8
 from .data import FASHION_CLASSES, DataError, class_index, fashion_mnist_available, load_fashion_mnist
 from .evaluator import Evaluator, FeatureStats, calibrate_copy_threshold
 

@@ -7,7 +7,9 @@ from typing import Any
 
 import torch
 
-from .common import generate, save_grid, write_text
+from ...fileio import write_text
+from .common import generate
+from .grids import save_grid
 from .network import ClassifierFreeGuidance, load_checkpoint
 
 

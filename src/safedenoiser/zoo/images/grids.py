@@ -1,4 +1,5 @@
-"""Grids a person can read: a caption strip above a mosaic (what ran, how many images, what the marks mean)."""
+"""Image grids: mosaics of generated images (:func:`save_grid`) and grids a person can read, a caption strip above a
+mosaic (what ran, how many images, what the marks mean)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,45 @@ import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+import torch
+from torch import Tensor
+
 from ... import fileio
 
 LINE_HEIGHT = 12
 CHAR_WIDTH = 6  # PIL's default bitmap font
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """Images in [-1, 1] -> uint8 pixels in [0, 255] (clipped, rounded), on the CPU."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def grid_array(images: Tensor, nrow: int, pad: int = 2) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> uint8 (rows*(H+pad), nrow*(W+pad)[, 3]) mosaic, white padding."""
+    images = to_uint8(images)
+    count, channels, height, width = images.shape
+    rows = -(-count // nrow)
+    canvas = torch.full((channels, rows * (height + pad) + pad, nrow * (width + pad) + pad), 255, dtype=torch.uint8)
+    for i in range(count):
+        r, c = divmod(i, nrow)
+        top, left = pad + r * (height + pad), pad + c * (width + pad)
+        canvas[:, top : top + height, left : left + width] = images[i]
+    array = canvas.permute(1, 2, 0).numpy()
+    return array[:, :, 0] if channels == 1 else array
+
+
+def save_grid(images: Tensor, path: str | Path, nrow: int = 10, scale: int = 2) -> Path:
+    """Save a PNG mosaic (atomically), upscaled ``scale`` x with nearest neighbour."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(grid_array(images, nrow))
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    return fileio.write_with(path, lambda tmp: img.save(tmp, format="PNG"))
 
 
 def caption(image: Any, text: str) -> Any:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..images.common import write_text
+from ...fileio import write_text
 from ..images.data import FASHION_CLASSES
 
 

@@ -121,7 +121,7 @@ def reconstruction_quality(vae: Any, test: Any) -> dict[str, float]:
 def train_vae(cfg: VaeTrainConfig, progress: bool = True) -> Path:
     """Train (or resume) into ``cfg.out``; exports ``<out>/vae`` (``AutoencoderKL.save_pretrained`` with the scaling
     factor and ``training.json``) and returns it."""
-    from ..images.common import save_grid
+    from ..images.grids import save_grid
     from ..images.data import load_data
     from ..images.train import TrainClock, load_train_state, optimise, plain_config, resolve_device, restore_training
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from ..images.common import save_grid, write_text
+from ...fileio import write_text
+from ..images.grids import save_grid
 from ..images.data import FASHION_CLASSES
 from .captions import held_out_captions, training_captions
 from .pipeline import SHIPPED, load_text_pipeline, save_shipped

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from ... import fileio
-from ..images.common import save_grid
+from ..images.grids import save_grid
 from ..images.data import FASHION_CLASSES, load_data
 from ..images.train import (TrainClock, TrainStateError, load_train_state, optimise, plain_config, resolve_device,  # noqa: F401
                             restore_training, run_steps)
