@@ -10,7 +10,8 @@ The bank modes' callback changed from ``calibrated(mode, gain, window)`` (mode s
 ``calibrated(make)`` (a builder per calibration): :func:`_bank_mode` reads the old triple back from what ``make``
 builds. The one intended difference is the rename of the mode ``reference`` (the authors' code) to ``authors`` where a user
 types a name (web method, CLI mode); the benchmarks' row labels keep ``reference`` so that committed results still
-match their tables.
+match their tables. Changed since, on purpose, in the fixture: the conditional mode's main knob on the web page is
+``guard`` (was ``gain``, which moved nothing: issue 19 item 2).
 """
 
 from __future__ import annotations

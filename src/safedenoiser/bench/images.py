@@ -263,11 +263,9 @@ def bench_cond(out: Path, size: Size, progress: bool = True, negated: str = NEGA
     for setting in settings:
         setting.cost = 2.0
     reference = conditional_reference(label, classes)
-    for gain in size.sweeps.get("conditional", [1.0]):
-        settings.append(Setting("conditional", "gain", gain, lambda g=gain: SafeClassifierFreeGuidance(
-            model, make_correction(negation, "conditional", reference=reference, gain=g), guidance), cost=2.0))
-    settings.append(Setting("conditional-v3", "guard", 0.0, lambda: SafeClassifierFreeGuidance(  # versions: docs/conditional.md
-        model, make_correction(negation, "conditional", reference=reference, guard=0.0), guidance), cost=2.0))
+    for guard in size.sweeps.get("conditional", [1.0]):  # guard 0 is version 3 (docs/conditional.md)
+        settings.append(Setting("conditional", "guard", guard, lambda g=guard: SafeClassifierFreeGuidance(
+            model, make_correction(negation, "conditional", reference=reference, guard=g), guidance), cost=2.0))
     for weight in size.sweeps["negative-class"]:
         settings.append(Setting("negative-class", "guidance", weight, lambda w=weight:
                                 ClassifierFreeGuidance(model, w, negative_labels=label), cost=2.0))

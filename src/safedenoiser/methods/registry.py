@@ -207,15 +207,16 @@ S = Sweep
 DQ = "distance-quantile"
 #: every method, in the order the benchmarks run them and the web page lists them
 CATALOGUE: dict[str, Method] = {m.name: m for m in [
-    Method("conditional", "gain", _mode("conditional", reference="reference"), cls=ConditionalCorrection,
+    Method("conditional", "guard", _mode("conditional", reference="reference"), cls=ConditionalCorrection,
            needs=frozenset({"reference"}),
-           sweeps={"images-cond": (S((1.0, 10.0, 0.1), custom=True),),  # through classifier-free guidance
+           sweeps={"images-cond": (S((1.0, 0.7, 0.0), custom=True),),  # through classifier-free guidance
                    "t2i": (S((1.0, 0.7, 0.0), knob="guard"),  # share of a flagged request's text direction replaced
                            S((1.0,), key="combined", knob="guard", custom=True),  # with the negative prompt / SLD
                            S((0.5, 1.0), key="multi", knob="guard", custom=True)),  # several concepts
                    "t2i-quick": (S((1.0,), knob="guard"), S((1.0,), key="multi", knob="guard", custom=True))},
            label="safe denoiser: conditional (one reference set)", web=_every(1.0),
-           help="x0 + r (E_ref - E_unsafe), r from a per-request latch; gain = prior odds of negated content"),
+           help="x0 + r (E_ref - E_unsafe), r from a per-request latch; guard = share of a flagged request's "
+                "guidance direction dropped (1: all)"),
     Method("paper", "eta", _mode("paper"), cls=PaperCorrection, window="paper",
            sweeps={"images": (S((1.0, 1e100, 1e300)),), "images-cond": (S((1e300,)),),
                    # eta 1 .. 1e300 gave identical images before: the weight never acts in 784 dimensions
