@@ -127,7 +127,7 @@ def test_bad_uploads_are_refused_by_name(tmp_path, case, expected):
     ({"count": 2.5}, "number of images must be a whole number"),
     ({"method": "sld", "model": "fashion-uncond"}, "sld works with fashion-t2i only"),
     ({"method": "magic"}, "unknown method 'magic'"),
-    ({"knob": float("nan")}, "gain must be a finite number"),
+    ({"knob": float("nan")}, "guard must be a finite number"),
     ({"prompt": "   "}, "needs a prompt"),
     ({"model": "fashion-cond", "class_name": "hat"}, "unknown class 'hat'"),
 ])
