@@ -32,6 +32,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from ..pipelines.hook import model_call, replace_model_output
+
 TESTBED = "latent StableDiffusionPipeline, VAE latents"
 ENCODE_BATCH = 256
 
@@ -115,16 +117,10 @@ def _seam_hooks(unet: torch.nn.Module, guidance: float, guidance_fn: Callable[..
         state["calls"] += 1
         if guidance_fn is None:
             return output
-        pred = output[0] if isinstance(output, tuple) else output.sample
-        sample = args[0] if args else kwargs["sample"]
-        timestep = args[1] if len(args) > 1 else kwargs["timestep"]
+        sample, timestep, pred = model_call(args, kwargs, output)
         uncond, cond = pred.chunk(2)
         guided = guidance_fn(step, timestep, sample.chunk(2)[1], uncond, cond)
-        new = torch.cat([uncond, uncond + (guided - uncond) / guidance]).to(pred.dtype)
-        if isinstance(output, tuple):
-            return (new, *output[1:])
-        output.sample = new
-        return output
+        return replace_model_output(output, torch.cat([uncond, uncond + (guided - uncond) / guidance]).to(pred.dtype))
 
     handles.append(unet.register_forward_hook(after, with_kwargs=True))
     return handles

@@ -221,9 +221,7 @@ class SafeDenoiserHook:
             return output
         scheduler = self.pipe.scheduler
         prediction = self._check_call(scheduler)
-        sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
-        timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
-        pred = output[0] if isinstance(output, tuple) else output.sample
+        sample, timestep, pred = model_call(args, kwargs, output)
         if sample.ndim == 4 and sample.shape[1] != pred.shape[1]:
             sample = sample[:, : pred.shape[1]]  # inpainting UNets also take the mask and the masked latents
         alpha, s = noise_level(scheduler, timestep)
@@ -318,6 +316,14 @@ class SafeDenoiserHook:
             return out
 
         return null
+
+
+def model_call(args: tuple, kwargs: dict, output: Any) -> tuple[Tensor, Any, Tensor]:
+    """(sample, timestep, prediction) of a diffusers model call seen by a forward hook with kwargs: the input (``sample``
+    or, for transformers, ``hidden_states``), its timestep, and the output's prediction (tuple or ``.sample``)."""
+    sample = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+    timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
+    return sample, timestep, output[0] if isinstance(output, tuple) else output.sample
 
 
 def replace_model_output(output: Any, new: Tensor) -> Any:
