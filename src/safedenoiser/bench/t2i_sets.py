@@ -88,23 +88,17 @@ def build_user_set(images: Tensor, role: str = "negation", model: str | Path | N
     they are written as 8-bit PNG files (``(x + 1) * 127.5``, rounded) to a temporary folder and encoded by
     :func:`~safedenoiser.pipelines.negation_build.build_from_folder` for the pipeline ``model`` (default: the shipped
     ``fashion-t2i``). ``role='reference'`` returns a :class:`~safedenoiser.methods.conditional.ReferenceSet`."""
-    from PIL import Image
-
     from ..methods.conditional import ReferenceSet
+    from ..pipelines.examples import save_images
     from ..pipelines.negation_build import build_from_folder
     from ..zoo.t2i.pipeline import SHIPPED_NAME
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / role
-        folder.mkdir()
-        for i, pixels in enumerate(((images[:, 0] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()):
-            Image.fromarray(pixels).save(folder / f"{role}_{i:05d}.png")
+        save_images(images, folder, role)
         path = Path(tmp) / f"{role}.safetensors"
         build_from_folder(model or SHIPPED_NAME, folder, path, role=role, batch_size=batch_size, progress=progress)
-        built = NegationSet.load(path)
-    if role == "reference":
-        return ReferenceSet(built.data, space=built.space, metadata=built.metadata)
-    return built
+        return (ReferenceSet if role == "reference" else NegationSet).load(path)
 
 
 def describe(negation: NegationSet) -> dict[str, Any]:

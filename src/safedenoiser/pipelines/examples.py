@@ -42,16 +42,19 @@ def spread_rows(rows: Sequence, key: str) -> list:
 
 
 def save_images(images: Tensor, folder: Path, prefix: str) -> int:
+    """(N, C, H, W) images in [-1, 1] as 8-bit PNG files ``<prefix>_0000.png`` ... in ``folder``; the number is padded
+    to one width per folder (at least 4 digits), so that the files sort in item order."""
     from PIL import Image
 
     from ..zoo.images.grids import to_uint8
 
     folder.mkdir(parents=True, exist_ok=True)
     pixels = to_uint8(images)
+    width = max(4, len(str(len(pixels) - 1)))
     for i, image in enumerate(pixels):
         array = image[0].numpy() if image.shape[0] == 1 else image.permute(1, 2, 0).numpy()
         picture = Image.fromarray(array)
-        fileio.write_with(folder / f"{prefix}_{i:04d}.png", lambda tmp, p=picture: p.save(tmp, format="PNG"),
+        fileio.write_with(folder / f"{prefix}_{i:0{width}d}.png", lambda tmp, p=picture: p.save(tmp, format="PNG"),
                           fsync=False)
     return len(pixels)
 
