@@ -79,6 +79,7 @@ def test_negation_alone_runs_the_conditional_mode_with_a_derived_cached_referenc
 @pytest.mark.parametrize("extra, message", [
     (["--eta", "2"], "--eta belongs to --mode paper, but this run uses --mode conditional (the default"),
     (["--mode", "paper", "--gain", "3"], "--gain belongs to --mode conditional, but this run uses --mode paper"),
+    (["--mode", "paper", "--guard", "0.5"], "--guard belongs to --mode conditional, but this run uses --mode paper"),
     (["--mode", "reference", "--reference", "r.safetensors"], "--reference belongs to --mode conditional"),
 ])
 def test_flags_of_another_mode_are_refused_before_the_pipeline_loads(files, tmp_path, capsys, extra, message):
@@ -347,3 +348,20 @@ def test_profile_build_derives_a_reference_when_none_is_given(model_dir, files, 
     profile = SafetyProfile.load(folder)
     assert profile.mode == "conditional" and profile.reference.metadata["derived"]["steps"] == 2
     assert not (tmp_path / "derived-profile.build").exists()  # nothing left beside the profile
+
+
+def test_guard_out_of_range_is_refused_in_one_line(files, tmp_path, capsys):
+    neg, prompts = files
+    with pytest.raises(SystemExit) as exit_info:
+        main(_argv(tmp_path / "no-such-model", prompts, tmp_path / "r", "--negation", neg, "--guard", "2"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and "argument --guard: expected a finite number >= 0 and <= 1, got '2'" in err[-1]
+    assert "Traceback" not in "\n".join(err)
+
+
+def test_guard_reaches_the_conditional_correction(model_dir, files, tmp_path, capsys, one_thread):
+    """``--guard`` (the conditional mode's main knob) is passed to the correction and recorded with each image."""
+    neg, prompts = files
+    assert main(_argv(model_dir, prompts, tmp_path / "g", "--negation", neg, "--guard", "0.5")) == 0
+    records = [json.loads(line) for line in (tmp_path / "g" / "records.jsonl").read_text().splitlines()]
+    assert records and all(r["parameters"]["guard"] == 0.5 for r in records)

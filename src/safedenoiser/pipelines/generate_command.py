@@ -13,13 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..argtypes import (add_threads_option, device, finite_float, nonnegative_float, nonnegative_int, positive_float,
-                        positive_int, threshold_float)
+from ..argtypes import (add_threads_option, device, finite_float, float_in, nonnegative_float, nonnegative_int,
+                        positive_float, positive_int, threshold_float)
 from .commands import DTYPES, _dtype
 
 #: knob flags that belong to one mode (dest -> mode) and their defaults where the flag is absent
-MODE_FLAGS = {"reference": "conditional", "gain": "conditional", "eta": "paper", "max_weight": "paper",
-              "scale": "authors", "bandwidth": "authors"}
+MODE_FLAGS = {"reference": "conditional", "guard": "conditional", "gain": "conditional", "eta": "paper",
+              "max_weight": "paper", "scale": "authors", "bandwidth": "authors"}
 KNOB_DEFAULTS = {"eta": 1.0, "max_weight": 1e6, "scale": 0.1, "bandwidth": 1.0}
 SHARED_FLAGS = ("log_threshold", "window_t")
 
@@ -57,9 +57,12 @@ def _safety_options(parser: argparse.ArgumentParser) -> None:
                         help="conditional mode: a set of ALLOWED images encoded like the negation set (negation build "
                              "--role reference); default: derived from this pipeline's samples of harmless prompts "
                              "and cached beside the negation set")
+    parser.add_argument("--guard", type=float_in(0.0, 1.0), default=None,
+                        help="conditional mode, main knob: the share of a flagged request's guidance direction dropped "
+                             "(default 1: all; 0: the correction alone, which lets more explicit requests through)")
     parser.add_argument("--gain", type=positive_float, default=None,
                         help="conditional mode: prior odds that a request asks for negated content (default 1; "
-                             "larger acts on more requests; bench t2i measures 0.1, 1 and 10)")
+                             "0.1, 1 and 10 gave the same images in bench images cond)")
     parser.add_argument("--eta", type=nonnegative_float, default=None, help="paper mode: w = eta * beta (default 1)")
     parser.add_argument("--max-weight", type=positive_float, default=None, help="paper mode: weight clip (default 1e6)")
     parser.add_argument("--scale", type=finite_float, default=None,
@@ -334,7 +337,7 @@ def summary_line(counts: dict[str, Any], out: Path, mode: str | None) -> str:
         line += f"; the correction changed {counts['changed']} of them"
     line += f"; records: {out / 'records.jsonl'}" + (f"; grid: {counts['grid']}" if counts.get("grid") else "")
     if corrected and counts["changed"] == 0:
-        hint = ("a larger --gain acts on more requests" if mode == "conditional" else
+        hint = ("it acts only on requests that the negation set covers" if mode == "conditional" else
                 f"--mode {mode} rarely acts on prompts; the default, --mode conditional, does")
         line += ("\nnote: the correction changed no image: these are the plain pipeline's images (none of the prompts "
                  f"made what the negation set holds, or the correction did not act: {hint})")
