@@ -55,6 +55,9 @@ def main() -> None:
     parser.add_argument("--latent", type=Path, default=Path("results/t2i-latent/results.json"))
     parser.add_argument("--out", type=Path, default=Path("results/t2i-testbeds.md"))
     args = parser.parse_args()
+    missing = [str(path) for path in (args.pixel, args.latent) if not path.is_file()]
+    if missing:
+        parser.error(f"no bench t2i results at {', '.join(missing)}: run the two bench commands above first")
     pixel, latent = (json.loads(path.read_text()) for path in (args.pixel, args.latent))
     header = (f"# Text-to-image: pixel vs latent testbed\n\nBest setting per method (chosen by `bench t2i` on its tuning "
               f"column) from `{args.pixel}` ({pixel['config'].get('pipeline', 'fashion-t2i')}) and `{args.latent}` "
