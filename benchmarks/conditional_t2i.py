@@ -6,7 +6,8 @@ version 5): one line per setting, the same metrics and columns as ``safe-denoise
     python benchmarks/conditional_t2i.py --out /tmp/h --rows 0,1,40,41,68,80,81,107,114,115 guard:1   # image hash
 
 A setting is ``plain``, ``empty`` (every row's prompt replaced by the empty one, same seeds) or comma-separated ``knob:value`` pairs: ``neg:1`` adds the benchmark's negative prompt
-(CFG 3), every other pair is a knob of the conditional mode (``guard``, ``text``, ...). The sets and prompt rows are
+(CFG 3), ``concept:1`` gives the mode the benchmark's negative-prompt words as its ``concept``, every other pair is
+a knob of the conditional mode (``guard``, ``steer``, ``text``, ...). The sets and prompt rows are
 ``bench t2i``'s (``tuning_sets`` / ``held_out_sets``, ``benchmark_rows``). Per setting the script writes the images
 (``<out>/<split>_<setting>.pt``), a grid of the broken ones with their plain counterparts and a line of
 ``<out>/dev.jsonl`` (command, metrics, broken rows: prompt, seed, judge probability, distance to the nearest real image;
@@ -35,6 +36,7 @@ from safedenoiser.kernels import nearest_distances
 from safedenoiser.methods import make_correction
 from safedenoiser.bench.t2i import (
     AVOID,
+    NEGATIVE_PROMPT,
     SIZES,
     T2ISetting,
     TextToImageBench,
@@ -52,6 +54,8 @@ def parse(spec: str) -> tuple[bool, dict | None]:
     pairs = dict(kv.split(":", 1) for kv in spec.split(","))
     negative = pairs.pop("neg", "0") == "1"
     knobs = {k: (v if re.fullmatch(r"[a-z_]+", v) else float(v)) for k, v in pairs.items()}
+    if "concept" in knobs:  # concept:1 -> the benchmark's negative-prompt words as the mode's concept
+        knobs["concept"] = NEGATIVE_PROMPT
     return negative, knobs
 
 

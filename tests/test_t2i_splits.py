@@ -36,6 +36,9 @@ def test_partly_unsafe_prompts_name_an_allowed_class_and_the_avoided_one():
     for row in shipped_prompts("partial"):
         assert row.category == "partial" and row.intended_class != "trouser"
         assert uses_class_words(row.prompt, "trouser")
+    held_out = shipped_prompts("partial_held_out")
+    assert held_out and all(r.category == "partial" and r.intended_class != "trouser" for r in held_out)
+    assert {r.intended_class for r in held_out} - {r.intended_class for r in shipped_prompts("partial")}  # other classes
     with pytest.raises(PromptFileError, match="unknown prompt set"):
         shipped_prompts("held_out")
 
@@ -45,7 +48,8 @@ def test_columns_share_no_row_and_seeds_are_distinct():
     tuning, held = benchmark_rows(size, "tuning"), benchmark_rows(size, "held_out")
     assert not set(tuning) & set(held)
     assert {r.category for r in tuning} == {"explicit", "evasive", "neutral", "partial"}
-    assert {r.category for r in held} == {"explicit", "evasive", "neutral"}
+    assert {r.category for r in held} == {"explicit", "evasive", "neutral", "partial"}
+    assert not {r.prompt for r in held if r.category == "partial"} & {r.prompt for r in tuning}
     assert len({r.seed for r in tuning + held}) == len(tuning + held)
     neutral = [r.intended_class for r in held if r.category == "neutral"]
     assert sorted(set(neutral)) == sorted(c for c in FASHION_CLASSES if c != "trouser")

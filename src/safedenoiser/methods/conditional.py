@@ -58,7 +58,10 @@ def posterior_spread(sigma: Tensor, sigma_data: float) -> Tensor:
 class ConditionalCorrection(Correction):
     """Mode ``conditional``: condition-aware substitution with one shared :class:`ReferenceSet` (module docstring).
     Knobs: ``guard`` (main knob: the share of a flagged request's text direction removed under CFG), ``text`` ('drop'
-    default, 'project'), ``negative`` (with a negative prompt: 'drop' default, 'steer'; see :meth:`guided`), ``gain`` g (prior odds of the classifier), ``bandwidth_scale`` (classifier kernel width in
+    default, 'project'), ``negative`` (with a negative prompt: 'drop' default, 'steer'; see :meth:`guided`),
+    ``concept`` (words naming the negated content: a flagged request is steered away from them, see :meth:`guided`;
+    needs a text pipeline), ``steer`` (the scale of that steered direction; None: the guidance scale), ``gain`` g
+    (prior odds of the classifier), ``bandwidth_scale`` (classifier kernel width in
     units of tau(sigma)), ``sigma_data`` s_d, ``log_threshold`` (acts where ``log_odds`` > it), ``window``.
     Diagnostics: ``weight`` r, ``log_odds``, ``classifier_log_odds``, ``bandwidth``, ``log_kernel_mass``,
     ``max_kernel_weight``, ``share``, ``flag``, ``dropped`` (guided calls).
@@ -69,11 +72,13 @@ class ConditionalCorrection(Correction):
 
     acts_on_guided = True
 
-    KNOBS = ("reference", "guard", "text", "negative", "gain", "bandwidth_scale", "sigma_data", "log_threshold")
+    KNOBS = ("reference", "guard", "text", "negative", "concept", "steer", "gain", "bandwidth_scale", "sigma_data",
+             "log_threshold")
 
     def __init__(self, negation: NegationSet, reference: ReferenceSet, *, gain: float = 1.0, bandwidth_scale: float = 1.0,
                  sigma_data: float = 0.5, log_threshold: float = -math.inf, text: str = "drop", guard: float = 1.0,
-                 negative: str = "drop", check_reference: bool = True, **kwargs: Any):
+                 negative: str = "drop", concept: str | None = None, steer: float | None = None,
+                 check_reference: bool = True, **kwargs: Any):
         super().__init__(negation, **kwargs)
         if not isinstance(reference, ItemSet):  # a ReferenceSet, or a NegationSet wrapped as one below
             raise ReferenceSetError(f"the conditional mode needs a ReferenceSet of allowed items, got {type(reference).__name__}")
@@ -106,6 +111,11 @@ class ConditionalCorrection(Correction):
         if negative not in NEGATIVES:
             raise ValueError(f"unknown negative-prompt rule {negative!r}; choose one of {NEGATIVES}")
         self.negative = negative
+        if concept is not None and (not isinstance(concept, str) or not concept.strip()):
+            raise ValueError(f"concept must be a non-empty text naming the negated content, got {concept!r}")
+        if steer is not None and (not math.isfinite(steer) or steer < 0):
+            raise ValueError(f"steer must be a finite number >= 0 (a guidance scale), got {steer}")
+        self.concept, self.steer = concept, None if steer is None else float(steer)
         self._local = threading.local()  # per-thread run state: latches per stream, current stream, pending text direction
 
     @property
@@ -148,7 +158,8 @@ class ConditionalCorrection(Correction):
         return prior
 
     def guided(self, x: Tensor, sigma: Tensor | float, x0_uncond: Tensor, x0_cond: Tensor, guidance: float,
-               combined: Tensor | None = None, null: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+               combined: Tensor | None = None, null: Callable[[Tensor], Tensor] | None = None,
+               concept: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """Classifier-free guidance corrected once: the latch reads the guided x0 g = x0_u + w (x0_c - x0_u); for flagged
         rows (flag > 0) the text direction T = w (x0_c - x0_u) is then removed by the share ``guard * flag`` before
         the projection and blend act on the result: x0 = g - guard flag T', with T' by ``text``: ``drop`` (default)
@@ -164,16 +175,25 @@ class ConditionalCorrection(Correction):
         not on the negative prompt's (which, naming the concept, is itself unsafe); ``negative="steer"``:
         T = x0_u - x0_empty, only the base is replaced, x0_empty + w (x0_c - x0_u) at guard 1: the direction away from
         the negative prompt is kept (measured: keeps the allowed part of partly unsafe requests more often, at 1.5%
-        broken images; docs/conditional.md)."""
+        broken images; docs/conditional.md).
+
+        ``concept(rows)``: the x0 of the ``concept`` prompt (the words naming the negated content) for the flagged
+        ``rows``, run by the pipeline for those rows only (version 6, docs/conditional.md): a flagged request is
+        steered away from the concept instead of losing its whole text direction, x0 = x0_e + s (x0_c - x0_k) at
+        guard 1 (x0_e the empty prompt's x0, x0_k the concept's, s = ``steer`` or the guidance scale): for "a shirt and
+        trousers" it points to the shirt, for "trousers" it is small. Without ``concept``, ``negative="steer"`` uses
+        the negative prompt as x0_k. Rows never flagged never run the concept branch."""
         text = float(guidance) * (x0_cond - x0_uncond)
         guided = x0_uncond + text if combined is None else combined
         if self.guard == 0.0:
             return self(x, sigma, guided)
-        self._local.text, self._local.null, self._local.uncond = text, null, x0_uncond
+        local = self._local
+        local.text, local.null, local.concept, local.uncond, local.cond = text, null, concept, x0_uncond, x0_cond
+        local.scale = float(guidance)
         try:
             return self(x, sigma, guided)
         finally:
-            self._local.text = self._local.null = None
+            local.text = local.null = local.concept = local.uncond = local.cond = None
 
     @property
     def is_identity(self) -> bool:
@@ -199,15 +219,7 @@ class ConditionalCorrection(Correction):
         dropped = torch.zeros_like(flag)
         text = getattr(self._local, "text", None)
         if text is not None:  # guided call: remove the text direction of flagged requests (see guided())
-            text = text.reshape(x0.shape).to(x0.dtype)
-            null = getattr(self._local, "null", None)
-            if null is not None and bool((flag > 0).any()):  # negative prompt: drop to the empty prompt's x0
-                empty = null(flag > 0).reshape(x0.shape).to(x0.dtype)
-                if self.negative == "steer":  # keep the direction away from the negative prompt, from the empty prompt's x0
-                    uncond = self._local.uncond.reshape(x0.shape).to(x0.dtype)
-                    text = torch.where((flag > 0)[:, None], uncond - empty, text)
-                else:
-                    text = torch.where((flag > 0)[:, None], x0 - empty, text)
+            text = self._flagged_text(x0, text.reshape(x0.shape).to(x0.dtype), flag > 0)
             if self.text == "project":
                 text = axis * (((text * axis).sum(1) / axis_sq).clamp(min=0.0))[:, None]
             dropped = self.guard * flag
@@ -224,6 +236,31 @@ class ConditionalCorrection(Correction):
                         {"weight": r, "log_odds": acts, "log_kernel_mass": neg.log_mass,
                          "max_kernel_weight": torch.exp(neg.max_logit - neg.log_mass), "bandwidth": h,
                          "classifier_log_odds": log_odds, "share": share, "flag": flag, "dropped": dropped})
+
+    def _flagged_text(self, guided: Tensor, text: Tensor, flagged: Tensor) -> Tensor:
+        """(B, D) T', the part of the guided x0 g a flagged row loses at guard 1 (see :meth:`guided`), T elsewhere.
+        x0_u, x0_c the branches of CFG (x0_u the negative prompt's when one is given), w the guidance scale, x0_e the
+        empty prompt's x0 (``null``; x0_u without a negative prompt), s = ``steer`` or w:
+        concept x0_k given: T' = g - x0_e - s (x0_c - x0_k); negative prompt and ``negative="steer"``:
+        T' = (x0_u - x0_e) + (w - s)(x0_c - x0_u); negative prompt: T' = g - x0_e; else T' = T = w (x0_c - x0_u)."""
+        local = self._local
+        null, concept = getattr(local, "null", None), getattr(local, "concept", None)
+        if (null is None and concept is None) or not bool(flagged.any()):
+            return text
+        shape, dtype = guided.shape, guided.dtype
+        uncond = local.uncond.reshape(shape).to(dtype)
+        cond = local.cond.reshape(shape).to(dtype)
+        empty = uncond if null is None else null(flagged).reshape(shape).to(dtype)
+        scale = local.scale if self.steer is None else self.steer
+        if concept is not None:
+            steered = guided - empty - scale * (cond - concept(flagged).reshape(shape).to(dtype))
+        elif self.negative == "steer":  # the negative prompt is the concept
+            steered = uncond - empty
+            if scale != local.scale:
+                steered = steered + (local.scale - scale) * (cond - uncond)
+        else:
+            steered = guided - empty
+        return torch.where(flagged[:, None], steered, text)
 
     def _log_ratio(self, neg: Any, ref: Any) -> Tensor:
         """log[(1/N) sum_n k(q, x_n)] - log[(1/M) sum_m k(q, y_m)] from the two sets' kernel moments at the same queries."""

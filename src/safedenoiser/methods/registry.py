@@ -212,6 +212,7 @@ CATALOGUE: dict[str, Method] = {m.name: m for m in [
            sweeps={"images-cond": (S((1.0, 0.7, 0.0), custom=True),),  # through classifier-free guidance
                    "t2i": (S((1.0, 0.7, 0.0), knob="guard"),  # share of a flagged request's text direction replaced
                            S((1.0,), key="combined", knob="guard", custom=True),  # with the negative prompt / SLD
+                           S((1.0, 3.0, 5.0), key="concept", knob="steer", custom=True),  # flagged rows steered
                            S((0.5, 1.0), key="multi", knob="guard", custom=True)),  # several concepts
                    "t2i-quick": (S((1.0,), knob="guard"), S((1.0,), key="multi", knob="guard", custom=True))},
            label="safe denoiser: conditional (one reference set)", web=_every(1.0),

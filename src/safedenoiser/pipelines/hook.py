@@ -130,7 +130,8 @@ class SafeDenoiserHook:
         self.correction = correction.replace(callback=self.recorder)
         self._fitted: dict[tuple, Correction] = {}  # the correction per (model output item shape, device)
         self._current = self.correction  # the one of the last corrected call (its negation set: summary)
-        self._null_embeds: dict[tuple, Tensor | None] = {}  # the empty prompt's embeddings per (shape, device, dtype)
+        self._prompt_embeds_cache: dict[tuple, Tensor | None] = {}  # per (text, shape, device, dtype): the empty
+        # prompt's and the concept's embeddings
         self.guard = SchedulerGuard(self._new_run)
         self._handle = self.model.register_forward_hook(self._hook, with_kwargs=True)
         self.guard.guard(pipe.scheduler)
@@ -237,9 +238,8 @@ class SafeDenoiserHook:
             return output
         self._current = correction = self._correction_for(tuple(pred.shape[1:]), pred.device)
         if self._guided_branches(kwargs, x0.shape[0]):
-            null = functools.partial(self._null_branch, module, args, kwargs, x_in, x0.chunk(2)[0], prediction,
-                                     alpha, s)
-            delta = self._guided_delta(correction, x_in / alpha, sigma, x0, null)
+            branch = functools.partial(self._branch, module, args, kwargs, x_in, x0.chunk(2)[0], prediction, alpha, s)
+            delta = self._guided_delta(correction, x_in / alpha, sigma, x0, branch)
         else:
             x0_safe = correction(x_in / alpha, sigma, x0)
             delta = None if x0_safe is x0 else x0_safe - x0
@@ -249,73 +249,84 @@ class SafeDenoiserHook:
         return replace_model_output(output, new)
 
     def _guided_delta(self, correction: Correction, x: Tensor, sigma: float, x0: Tensor,
-                      null: Callable[[], Any]) -> Tensor | None:
+                      branch: Callable[[str], Any]) -> Tensor | None:
         """Classifier-free guidance with batch [uncond; cond]: the change of the guided x0 corrected once
         (:func:`~safedenoiser.models.guidance.correct_guided`), for both branches (None when nothing acts); the CFG
         weights (1 - w, w) sum to one, so the scheduler's guided x0 is the corrected one. A correction with its own
-        ``guided`` method also gets ``null``, the empty prompt's branch when a negative prompt replaced it."""
+        ``guided`` method also gets ``null``, the empty prompt's branch when a negative prompt replaced it, and
+        ``concept``, the branch of its ``concept`` prompt when it has one (:meth:`_branch`)."""
         x0_u, x0_c = x0.chunk(2)
         w = float(self.pipe.guidance_scale)
         guided = combine(x0_u, x0_c, w)
-        branch_inputs = {"null": null()} if hasattr(correction, "guided") else {}
+        branch_inputs = {}
+        if hasattr(correction, "guided"):
+            branch_inputs["null"] = branch("null")
+            if getattr(correction, "concept", None) is not None:
+                branch_inputs["concept"] = branch("concept")
         guided_safe = correct_guided(correction, x.chunk(2)[1], sigma, x0_u, x0_c, w, combined=guided, **branch_inputs)
         if guided_safe is guided:
             return None
         return (guided_safe - guided).repeat(2, *([1] * (x0.ndim - 1)))
 
-    def _empty_prompt_embeds(self, like: Tensor) -> Tensor | None:
-        """(1, tokens, dim) embeddings of the empty prompt from ``pipe.encode_prompt`` (the one-argument form of
+    def _prompt_embeds(self, text: str, like: Tensor) -> Tensor | None:
+        """(1, tokens, dim) embeddings of ``text`` from ``pipe.encode_prompt`` (the one-argument form of
         :class:`~safedenoiser.zoo.t2i.FashionTextPipeline`, or Stable Diffusion's), cached; None for other pipelines."""
-        key = (tuple(like.shape[1:]), like.device, like.dtype)
-        if key not in self._null_embeds:
+        key = (text, tuple(like.shape[1:]), like.device, like.dtype)
+        if key not in self._prompt_embeds_cache:
             encode, embeds = getattr(self.pipe, "encode_prompt", None), None
             params = list(inspect.signature(encode).parameters) if callable(encode) else []
             if params == ["prompt"]:
-                embeds = encode([""])
+                embeds = encode([text])
             elif "do_classifier_free_guidance" in params and self._has_text_encoder():
-                embeds = encode("", like.device, 1, False)[0]
-            if embeds is not None and tuple(embeds.shape[1:]) != key[0]:
+                embeds = encode(text, like.device, 1, False)[0]
+            if embeds is not None and tuple(embeds.shape[1:]) != key[1]:
                 embeds = None
-            self._null_embeds[key] = None if embeds is None else embeds[:1].to(like.device, like.dtype)
-        return self._null_embeds[key]
+            self._prompt_embeds_cache[key] = None if embeds is None else embeds[:1].to(like.device, like.dtype)
+        return self._prompt_embeds_cache[key]
 
     def _has_text_encoder(self) -> bool:
         """A pipeline run from ``prompt_embeds`` alone may have no tokenizer or text encoder: no empty prompt then."""
         return getattr(self.pipe, "tokenizer", None) is not None and getattr(self.pipe, "text_encoder", None) is not None
 
-    def _null_branch(self, module: Any, args: tuple, kwargs: dict, x_in: Tensor, x0_u: Tensor, prediction: str,
-                     alpha: float, s: float) -> Any:
-        """With a negative prompt the null branch of CFG is not the empty prompt's: return ``rows -> x0`` that runs
-        the model on the empty prompt for the requested rows of the conditional half (x0_u elsewhere), so the
-        conditional mode can drop a flagged request's text direction to the unconditional prediction (a third branch,
-        flagged rows only). None when the null branch is the empty prompt already, or the model call carries inputs
-        this cannot split (added conditions, timestep conditions)."""
+    def _branch(self, module: Any, args: tuple, kwargs: dict, x_in: Tensor, x0_u: Tensor, prediction: str,
+                alpha: float, s: float, which: str) -> Any:
+        """A third branch of CFG for the conditional mode, run on the rows it asks for: ``rows -> x0`` of the model on
+        the conditional half's samples with other embeddings (x0_u elsewhere; ``forward()``: no hook on the call).
+        ``which="null"``: the empty prompt's, where a negative prompt replaced it (so a flagged request's text
+        direction can be dropped to the unconditional prediction); None when the null branch is the empty prompt
+        already or the call cannot be split (added or timestep conditions). ``which="concept"``: the correction's
+        ``concept`` prompt's (a flagged request is steered away from it); a call that cannot be split is refused."""
         embeds = kwargs.get("encoder_hidden_states", args[2] if len(args) > 2 else None)
-        if (not torch.is_tensor(embeds) or kwargs.get("added_cond_kwargs") or kwargs.get("timestep_cond") is not None
-                or embeds.shape[0] != x_in.shape[0]):
-            return None
-        empty = self._empty_prompt_embeds(embeds)
-        if empty is None:
-            return None
-        uncond = embeds.chunk(2)[0]
-        differs = (uncond - empty).abs().flatten(1).amax(1) > 1e-4 * float(empty.abs().max())
-        if not bool(differs.any()):
-            return None
+        splittable = (torch.is_tensor(embeds) and not kwargs.get("added_cond_kwargs")
+                      and kwargs.get("timestep_cond") is None and embeds.shape[0] == x_in.shape[0])
+        text = "" if which == "null" else self.correction.concept
+        other = self._prompt_embeds(text, embeds) if splittable else None
+        if other is None:
+            if which == "null":
+                return None
+            raise UnsupportedPipelineError(
+                f"concept={text!r} needs a text pipeline whose model takes encoder_hidden_states (and no added "
+                "conditions) and that can encode a prompt (encode_prompt); this pipeline cannot run the concept branch")
+        usable = torch.ones(x_in.shape[0] // 2, dtype=torch.bool, device=embeds.device)
+        if which == "null":
+            usable = (embeds.chunk(2)[0] - other).abs().flatten(1).amax(1) > 1e-4 * float(other.abs().max())
+            if not bool(usable.any()):
+                return None
         sample = args[0] if args else kwargs.get("sample")
         timestep = args[1] if len(args) > 1 else kwargs.get("timestep")
         half = x_in.shape[0] // 2
 
-        def null(rows: Tensor) -> Tensor:
+        def run(rows: Tensor) -> Tensor:
             out = x0_u.clone()
-            idx = torch.nonzero(rows.to(differs.device) & differs).flatten()
+            idx = torch.nonzero(rows.to(usable.device) & usable).flatten()
             if len(idx):
                 t = timestep[half:][idx] if torch.is_tensor(timestep) and timestep.ndim > 0 and timestep.numel() > 1 else timestep
-                pred = module.forward(sample[half:][idx], t, encoder_hidden_states=empty.expand(len(idx), -1, -1),
-                                      return_dict=False)[0]  # forward(): no hook on this extra call
+                pred = module.forward(sample[half:][idx], t, encoder_hidden_states=other.expand(len(idx), -1, -1),
+                                      return_dict=False)[0]
                 out[idx] = conversions.x0_from_prediction(prediction, x_in[half:][idx], pred.float(), alpha, s)
             return out
 
-        return null
+        return run
 
 
 def model_call(args: tuple, kwargs: dict, output: Any) -> tuple[Tensor, Any, Tensor]:

@@ -10,8 +10,9 @@
   trousers"); ``intended_class`` is the allowed part, which a defence should keep.
 
 Shipped sets (:data:`SHIPPED_SETS`): the tuning sets ``explicit``, ``evasive``, ``neutral``, ``partial``; the held-out
-sets ``explicit_held_out`` (new wordings, some in words the captions never use) and ``evasive_held_out`` (written by
-hand, never scored before the benchmark's final run, so not selected on the pipeline); ``explicit_bag`` (a second
+sets ``explicit_held_out`` (new wordings, some in words the captions never use), ``evasive_held_out`` (written by
+hand, never scored before the benchmark's final run, so not selected on the pipeline) and ``partial_held_out`` (other
+allowed classes and words, written before any method was scored on them); ``explicit_bag`` (a second
 concept for the several-concepts benchmark).
 
 The search scores candidates on seeds ``SEARCH_SEED + k``; the benchmark uses other seeds, so that the evasive
@@ -36,7 +37,8 @@ from .captions import CLASS_WORDS, held_out_captions, training_captions, words
 
 COLUMNS = ("prompt", "seed", "category", "intended_class")
 CATEGORIES = ("explicit", "evasive", "neutral", "partial")
-SHIPPED_SETS = ("explicit", "evasive", "neutral", "partial", "explicit_held_out", "evasive_held_out", "explicit_bag")
+SHIPPED_SETS = ("explicit", "evasive", "neutral", "partial", "explicit_held_out", "evasive_held_out", "partial_held_out",
+                "explicit_bag")
 SEARCH_SEED = 50_000
 PROMPTS_DIR = Path(__file__).resolve().parents[2] / "assets" / "t2i_prompts"
 
