@@ -119,3 +119,52 @@ def test_negative_prompt_gets_the_empty_prompt_branch_for_flagged_rows(sd, sets)
     finally:
         pre.remove()
     assert torch.isfinite(negative).all()
+
+
+def test_concept_branch_runs_the_concept_prompt_on_flagged_rows(sd, sets):
+    """``concept="..."``: the hook hands the conditional mode ``concept(rows)``, the model's x0 for the concept
+    prompt (computed here independently with the pipeline's own embeddings of it) on the rows asked, x0_u elsewhere;
+    without a negative prompt ``null`` is None (the null branch is the empty prompt). A pipeline that cannot encode
+    the concept is refused in one line."""
+    from tiny_pipelines import expected_x0 as x0_of
+
+    from safedenoiser.pipelines.hook import UnsupportedPipelineError
+
+    negation, reference = sets
+    pipe = with_scheduler(sd, "DDIMScheduler", prediction_type="epsilon")
+    inputs, checks = [], []
+    pre = pipe.unet.register_forward_pre_hook(lambda m, a, kw: inputs.append((a[0], a[1])), with_kwargs=True)
+    words = pipe.encode_prompt("a red cat", pipe.device, 1, False)[0]
+    try:
+        with attach_safe_denoiser(pipe, negation, reference=reference, concept="a red cat", **KNOBS) as handle:
+            correction, original = handle.correction, handle.correction.guided
+
+            def spy(x, sigma, x0_u, x0_c, w, combined=None, null=None, concept=None):
+                checks.append((null, concept))
+                sample, t = inputs[-1]
+                eps = pipe.unet.forward(sample[1:], t, encoder_hidden_states=words, return_dict=False)[0]
+                want = x0_of("ddim", pipe.scheduler, t, sample[1:], eps)[0]
+                torch.testing.assert_close(concept(torch.tensor([True])), want, rtol=1e-5, atol=1e-5)
+                assert torch.equal(concept(torch.tensor([False])), x0_u)
+                return original(x, sigma, x0_u, x0_c, w, combined=combined, null=null, concept=concept)
+
+            correction.guided = spy
+            steered = run(pipe, guidance=3.0)
+            assert len(checks) == STEPS and all(n is None and c is not None for n, c in checks)
+            del correction.guided
+        plain = run(pipe, guidance=3.0)
+        with attach_safe_denoiser(pipe, negation, reference=reference, **KNOBS):
+            dropped = run(pipe, guidance=3.0)
+    finally:
+        pre.remove()
+    assert torch.isfinite(steered).all() and not torch.equal(steered, dropped) and not torch.equal(steered, plain)
+    embeds = pipe.encode_prompt("a shoe", pipe.device, 1, True)
+    tokenizer, pipe.tokenizer = pipe.tokenizer, None  # run from embeddings alone: nothing can encode the concept
+    try:
+        with attach_safe_denoiser(pipe, negation, reference=reference, concept="a red cat", **KNOBS):
+            with pytest.raises(UnsupportedPipelineError, match="concept"):
+                pipe(prompt_embeds=embeds[0], negative_prompt_embeds=embeds[1], num_inference_steps=STEPS,
+                     height=IMAGE_SIZE, width=IMAGE_SIZE, output_type="latent", guidance_scale=3.0,
+                     generator=torch.Generator().manual_seed(0))
+    finally:
+        pipe.tokenizer = tokenizer

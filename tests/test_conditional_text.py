@@ -124,7 +124,7 @@ def test_null_branch_replaces_the_base_of_flagged_rows(text, negative):
 
     seen = {}
     correction = make_correction(negation, "conditional", reference=reference, text=text, negative=negative,
-                                 callback=seen.update)
+                                 steer=w, callback=seen.update)  # steer = w: version 5's negative="steer"
     got = correction.guided(x, sigma, x0_u, x0_c, w, null=null)
     guided = x0_u + w * (x0_c - x0_u)
     flag = decided(seen["classifier_log_odds"])
@@ -136,3 +136,61 @@ def test_null_branch_replaces_the_base_of_flagged_rows(text, negative):
     torch.testing.assert_close(got, want)
     quiet = make_correction(negation, "conditional", reference=reference, gain=1e-300)
     assert torch.equal(quiet.guided(x, sigma, x0_u, x0_c, w, null=null), guided) and len(asked) == 1
+
+
+@pytest.mark.parametrize("steer", [1.0, 5.0])
+@pytest.mark.parametrize("with_null", [False, True])
+def test_concept_steers_flagged_rows_away_from_the_concept(steer, with_null):
+    """Version 6: with ``concept`` (``concept(rows)`` the concept prompt's x0 x0_k, asked for flagged rows only) a
+    flagged row's text direction becomes T' = g - x0_e - s (x0_c - x0_k), i.e. x0_e + s (x0_c - x0_k) at guard 1
+    (s = steer, default 1), x0_e the empty prompt's x0 (``null``, else x0_u); unflagged rows untouched."""
+    model, negation, reference = conditional_mixture(4)
+    x, sigma, x0_u, x0_c, w = inputs(model)
+    x0_k, x0_e = x0_c - 0.2, model.denoise(x, sigma, None) + 0.3
+    asked = []
+
+    def concept(rows):
+        asked.append(rows.clone())
+        return torch.where(rows[:, None], x0_k, x0_u)
+
+    null = (lambda rows: torch.where(rows[:, None], x0_e, x0_u)) if with_null else None
+    seen = {}
+    correction = make_correction(negation, "conditional", reference=reference, concept="the negated thing",
+                                 steer=steer, callback=seen.update)
+    got = correction.guided(x, sigma, x0_u, x0_c, w, null=null, concept=concept)
+    guided = x0_u + w * (x0_c - x0_u)
+    flag = decided(seen["classifier_log_odds"])
+    assert len(asked) == 1 and torch.equal(asked[0], flag > 0) and bool((flag == 0).any())
+    base = x0_e if with_null else x0_u
+    s = steer
+    T = torch.where((flag > 0)[:, None], guided - base - s * (x0_c - x0_k), w * (x0_c - x0_u))
+    want = expected(x, sigma, guided - flag[:, None] * T, negation, reference, flag, flag)
+    torch.testing.assert_close(got, want)
+    quiet = make_correction(negation, "conditional", reference=reference, gain=1e-300, concept="the negated thing")
+    assert torch.equal(quiet.guided(x, sigma, x0_u, x0_c, w, null=null, concept=concept), guided) and len(asked) == 1
+
+
+def test_steer_scale_of_the_negative_prompt_and_bad_concepts():
+    """``negative="steer"`` with ``steer`` s: x0_e + s (x0_c - x0_u) for flagged rows (x0_u the negative prompt's);
+    s = w is version 5 exactly (default s = 1). Bad ``concept`` / ``steer`` values are refused in one line."""
+    model, negation, reference = conditional_mixture(4)
+    x, sigma, x0_u, x0_c, w = inputs(model)
+    x0_e = model.denoise(x, sigma, None) + 0.3
+
+    def null(rows):
+        return torch.where(rows[:, None], x0_e, x0_u)
+
+    def run(**knobs):
+        seen = {}
+        out = make_correction(negation, "conditional", reference=reference, negative="steer", callback=seen.update,
+                              **knobs).guided(x, sigma, x0_u, x0_c, w, null=null)
+        return out, decided(seen["classifier_log_odds"])
+
+    assert torch.equal(run()[0], run(steer=1.0)[0]) and not torch.equal(run()[0], run(steer=w)[0])
+    got, flag = run(steer=1.5)
+    guided = x0_u + w * (x0_c - x0_u)
+    T = torch.where((flag > 0)[:, None], guided - x0_e - 1.5 * (x0_c - x0_u), w * (x0_c - x0_u))
+    torch.testing.assert_close(got, expected(x, sigma, guided - flag[:, None] * T, negation, reference, flag, flag))
+    for bad in ({"concept": ""}, {"concept": 3}, {"steer": -1.0}, {"steer": float("nan")}):
+        with pytest.raises(ValueError, match="concept|steer"):
+            make_correction(negation, "conditional", reference=reference, **bad)

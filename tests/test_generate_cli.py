@@ -365,3 +365,20 @@ def test_guard_reaches_the_conditional_correction(model_dir, files, tmp_path, ca
     assert main(_argv(model_dir, prompts, tmp_path / "g", "--negation", neg, "--guard", "0.5")) == 0
     records = [json.loads(line) for line in (tmp_path / "g" / "records.jsonl").read_text().splitlines()]
     assert records and all(r["parameters"]["guard"] == 0.5 for r in records)
+
+
+def test_concept_and_steer_reach_the_conditional_correction(model_dir, files, tmp_path, capsys, one_thread):
+    """``--concept`` / ``--steer`` (conditional mode, version 6) are passed to the correction and recorded with each
+    image; an empty concept and a concept with another mode are refused in one line."""
+    neg, prompts = files
+    assert main(_argv(model_dir, prompts, tmp_path / "c", "--negation", neg, "--concept", "trousers, pants",
+                      "--steer", "2")) == 0
+    records = [json.loads(line) for line in (tmp_path / "c" / "records.jsonl").read_text().splitlines()]
+    assert records and all(r["parameters"]["concept"] == "trousers, pants" and r["parameters"]["steer"] == 2.0
+                           for r in records)
+    with pytest.raises(SystemExit) as exit_info:
+        main(_argv(model_dir, prompts, tmp_path / "e", "--negation", neg, "--concept", "  "))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and "argument --concept: expected words" in err[-1]
+    assert main(_argv(model_dir, prompts, tmp_path / "p", "--negation", neg, "--mode", "paper", "--concept", "x")) != 0
+    assert "--concept belongs to --mode conditional" in capsys.readouterr().err

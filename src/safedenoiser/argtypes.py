@@ -65,6 +65,13 @@ nonnegative_float = float_in(0.0)
 threshold_float = float_in(allow_inf=True, what="a number or -inf/inf (not NaN)")
 
 
+def nonempty_text(text: str) -> str:
+    """A text with something other than spaces in it (a concept's words)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected words, got an empty text")
+    return text
+
+
 def device(text: str) -> str:
     """A torch device string that torch can parse and that exists here."""
     import torch

@@ -60,7 +60,8 @@ class ConditionalCorrection(Correction):
     Knobs: ``guard`` (main knob: the share of a flagged request's text direction removed under CFG), ``text`` ('drop'
     default, 'project'), ``negative`` (with a negative prompt: 'drop' default, 'steer'; see :meth:`guided`),
     ``concept`` (words naming the negated content: a flagged request is steered away from them, see :meth:`guided`;
-    needs a text pipeline), ``steer`` (the scale of that steered direction; None: the guidance scale), ``gain`` g
+    needs a text pipeline), ``steer`` s (the scale of that steered direction, default 1: the request minus the concept,
+    not extrapolated), ``gain`` g
     (prior odds of the classifier), ``bandwidth_scale`` (classifier kernel width in
     units of tau(sigma)), ``sigma_data`` s_d, ``log_threshold`` (acts where ``log_odds`` > it), ``window``.
     Diagnostics: ``weight`` r, ``log_odds``, ``classifier_log_odds``, ``bandwidth``, ``log_kernel_mass``,
@@ -77,7 +78,7 @@ class ConditionalCorrection(Correction):
 
     def __init__(self, negation: NegationSet, reference: ReferenceSet, *, gain: float = 1.0, bandwidth_scale: float = 1.0,
                  sigma_data: float = 0.5, log_threshold: float = -math.inf, text: str = "drop", guard: float = 1.0,
-                 negative: str = "drop", concept: str | None = None, steer: float | None = None,
+                 negative: str = "drop", concept: str | None = None, steer: float = 1.0,
                  check_reference: bool = True, **kwargs: Any):
         super().__init__(negation, **kwargs)
         if not isinstance(reference, ItemSet):  # a ReferenceSet, or a NegationSet wrapped as one below
@@ -113,9 +114,9 @@ class ConditionalCorrection(Correction):
         self.negative = negative
         if concept is not None and (not isinstance(concept, str) or not concept.strip()):
             raise ValueError(f"concept must be a non-empty text naming the negated content, got {concept!r}")
-        if steer is not None and (not math.isfinite(steer) or steer < 0):
+        if not math.isfinite(steer) or steer < 0:
             raise ValueError(f"steer must be a finite number >= 0 (a guidance scale), got {steer}")
-        self.concept, self.steer = concept, None if steer is None else float(steer)
+        self.concept, self.steer = concept, float(steer)
         self._local = threading.local()  # per-thread run state: latches per stream, current stream, pending text direction
 
     @property
@@ -180,9 +181,9 @@ class ConditionalCorrection(Correction):
         ``concept(rows)``: the x0 of the ``concept`` prompt (the words naming the negated content) for the flagged
         ``rows``, run by the pipeline for those rows only (version 6, docs/conditional.md): a flagged request is
         steered away from the concept instead of losing its whole text direction, x0 = x0_e + s (x0_c - x0_k) at
-        guard 1 (x0_e the empty prompt's x0, x0_k the concept's, s = ``steer`` or the guidance scale): for "a shirt and
+        guard 1 (x0_e the empty prompt's x0, x0_k the concept's, s = ``steer``): for "a shirt and
         trousers" it points to the shirt, for "trousers" it is small. Without ``concept``, ``negative="steer"`` uses
-        the negative prompt as x0_k. Rows never flagged never run the concept branch."""
+        the negative prompt as x0_k (version 5 had s = w). Rows never flagged never run the concept branch."""
         text = float(guidance) * (x0_cond - x0_uncond)
         guided = x0_uncond + text if combined is None else combined
         if self.guard == 0.0:
@@ -240,7 +241,7 @@ class ConditionalCorrection(Correction):
     def _flagged_text(self, guided: Tensor, text: Tensor, flagged: Tensor) -> Tensor:
         """(B, D) T', the part of the guided x0 g a flagged row loses at guard 1 (see :meth:`guided`), T elsewhere.
         x0_u, x0_c the branches of CFG (x0_u the negative prompt's when one is given), w the guidance scale, x0_e the
-        empty prompt's x0 (``null``; x0_u without a negative prompt), s = ``steer`` or w:
+        empty prompt's x0 (``null``; x0_u without a negative prompt), s = ``steer``:
         concept x0_k given: T' = g - x0_e - s (x0_c - x0_k); negative prompt and ``negative="steer"``:
         T' = (x0_u - x0_e) + (w - s)(x0_c - x0_u); negative prompt: T' = g - x0_e; else T' = T = w (x0_c - x0_u)."""
         local = self._local
@@ -251,7 +252,7 @@ class ConditionalCorrection(Correction):
         uncond = local.uncond.reshape(shape).to(dtype)
         cond = local.cond.reshape(shape).to(dtype)
         empty = uncond if null is None else null(flagged).reshape(shape).to(dtype)
-        scale = local.scale if self.steer is None else self.steer
+        scale = self.steer
         if concept is not None:
             steered = guided - empty - scale * (cond - concept(flagged).reshape(shape).to(dtype))
         elif self.negative == "steer":  # the negative prompt is the concept

@@ -13,12 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..argtypes import (add_threads_option, device, finite_float, float_in, nonnegative_float, nonnegative_int,
-                        positive_float, positive_int, threshold_float)
+from ..argtypes import (add_threads_option, device, finite_float, float_in, nonempty_text, nonnegative_float,
+                        nonnegative_int, positive_float, positive_int, threshold_float)
 from .commands import DTYPES, _dtype
 
 #: knob flags that belong to one mode (dest -> mode) and their defaults where the flag is absent
-MODE_FLAGS = {"reference": "conditional", "guard": "conditional", "gain": "conditional", "eta": "paper",
+MODE_FLAGS = {"reference": "conditional", "guard": "conditional", "gain": "conditional", "concept": "conditional",
+              "steer": "conditional", "eta": "paper",
               "max_weight": "paper", "scale": "authors", "bandwidth": "authors"}
 KNOB_DEFAULTS = {"eta": 1.0, "max_weight": 1e6, "scale": 0.1, "bandwidth": 1.0}
 SHARED_FLAGS = ("log_threshold", "window_t")
@@ -60,6 +61,14 @@ def _safety_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--guard", type=float_in(0.0, 1.0), default=None,
                         help="conditional mode, main knob: the share of a flagged request's guidance direction dropped "
                              "(default 1: all; 0: the correction alone, which lets more explicit requests through)")
+    parser.add_argument("--concept", type=nonempty_text, default=None,
+                        help="conditional mode: words naming what the negation set holds (e.g. 'trousers, pants'); a "
+                             "flagged request is steered away from them instead of losing its whole prompt, so a "
+                             "partly unsafe request ('a shirt and trousers') keeps its allowed part more often; the "
+                             "concept branch runs for flagged requests only")
+    parser.add_argument("--steer", type=nonnegative_float, default=None,
+                        help="conditional mode with --concept: scale s of the steered direction x0_empty + s (x0_prompt "
+                             "- x0_concept) (default 1; larger keeps the allowed part more often and breaks more images)")
     parser.add_argument("--gain", type=positive_float, default=None,
                         help="conditional mode: prior odds that a request asks for negated content (default 1; "
                              "0.1, 1 and 10 gave the same images in bench images cond)")
