@@ -10,6 +10,9 @@ cached under ``<out>/cache``); the table is rewritten after every row, next to t
 ``--first-seed S`` measures on seeds S..S+n-1 instead (rows logged under the seed range, tables
 ``results-seeds-<first>-<last>.{md,json}``, no kNN rows); the bank split and the default rule's pick do not depend on
 the test seeds and are shared.
+``--rule-windows`` / ``--rule-judge`` choose the default rule's candidates and counter (default: both windows, the
+independent conv judge; ``--rule-windows half --rule-judge calibration`` is the first version, whose record and tables
+keep their old names; other choices are logged and tabled under their own names, ``...-rule-<judge>-<windows>``).
 
     nice -n 5 python benchmarks/images_ratio.py --out results/images-ratio --threads 1
 """
@@ -31,7 +34,7 @@ from safedenoiser.zoo.images.data import FASHION_CLASSES
 from safedenoiser.bench.harness import Benchmark, rejection_row
 from safedenoiser.bench.records import Setting
 from safedenoiser.bench.images_ratio import (RATIO_SWEEPS, RULE_METHOD, bank_split, image_ratio_fit, ratio_calibration,
-                                       ratio_rule, ratio_settings, rule_setting)
+                                       ratio_rule, ratio_settings, rule_candidates, rule_setting)
 from safedenoiser.methods.ratio import RatioFit
 from safedenoiser.results import RunLog, write_atomic
 
@@ -59,6 +62,11 @@ def main() -> None:
     parser.add_argument("--no-rule", action="store_true", help="skip the default rule (7 x bank/4 trial samples)")
     parser.add_argument("--label-cut", type=float, default=RatioFit.label_cut,
                         help="the classifier fit's bank-labelling cut (RatioFit.label_cut); use its own --out")
+    parser.add_argument("--rule-windows", default="half,all",
+                        help="the rule's window candidates, comma-separated among half,all (rule_candidates)")
+    parser.add_argument("--rule-judge", choices=("conv", "calibration"), default="conv",
+                        help="who counts the rule's covered trial samples: an independent conv classifier (soft count) or "
+                             "the calibration's own classifier (first version)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -70,15 +78,22 @@ def main() -> None:
                                                                           "trouser", size)
     sigmas = edm_sigmas(size.steps)
     fit = image_ratio_fit(sigmas, label_cut=args.label_cut)
+    windows = tuple(w.strip() for w in args.rule_windows.split(",") if w.strip())
+    rule_candidates(windows)  # refuses unknown windows before any work
     seeds = list(range(args.first_seed, args.first_seed + size.samples))
     prefix, name = ("", "results") if args.first_seed == 0 else \
         (f"seeds {seeds[0]}..{seeds[-1]}|", f"results-seeds-{seeds[0]}-{seeds[-1]}")
+    first_version = windows == ("half",) and args.rule_judge == "calibration"
+    rule_tag = "" if first_version else f"-rule-{args.rule_judge}-{'+'.join(windows)}"
+    rule_key = "default rule" + ("" if first_version else f"|windows={'+'.join(windows)}|judge={args.rule_judge}")
+    name += rule_tag
     bench = Benchmark("uncond", seeds, size.steps, class_measure(evaluator, label, reference))
     knn_path = Path(args.knn)
     knn = [r for r in json.loads(knn_path.read_text())["rows"] if r["method"] in KNN_METHODS] \
         if knn_path.is_file() and not prefix else []
     config = {"samples": size.samples, "seeds": f"{seeds[0]}..{seeds[-1]}", "bank": size.bank, "bank_seeds": f"{BANK_SEED}..",
-              "steps": size.steps, "negation": len(negation), "threads": args.threads, "label_cut": args.label_cut}
+              "steps": size.steps, "negation": len(negation), "threads": args.threads, "label_cut": args.label_cut,
+              "rule_windows": "+".join(windows), "rule_judge": args.rule_judge}
     records: list[dict] = []
 
     def publish() -> None:
@@ -87,11 +102,13 @@ def main() -> None:
         head = (f"Fitted-ratio rows (benchmarks/images_ratio.py), config {config}.\n\n"
                 + (f"Bank split by the classifier: {json.dumps({k: v for k, v in split.items() if k != 'key'})}\n\n" if split else "")
                 + (f"Judge's classes of the bank samples labelled covered but not judged trousers: {classes}\n\n" if classes else ""))
-        rule = log.records.get("default rule")
+        rule = log.records.get(rule_key)
         if rule:
-            head += "Default rule (ratio) trials: " + "; ".join(
-                f"{t['knobs']}: covered {t['covered']:.3f} (judge {t.get('judged', float('nan')):.3f}), mmd {t['mmd']:.4g}"
-                for t in rule["trials"]) + f" -> {rule['knobs']}\n\n"
+            head += (f"Default rule (ratio; windows {'+'.join(windows)}, counted by the {args.rule_judge} classifier) trials: "
+                     + "; ".join(f"{t['knobs']}: covered {t['covered']:.3f}"
+                                 + (f" (calibration's classifier {t['covered_by_calibration']:.3f})" if "covered_by_calibration" in t else "")
+                                 + f" (judge {t.get('judged', float('nan')):.3f}), mmd {t['mmd']:.4g}" for t in rule["trials"])
+                     + f" -> {rule['knobs']}\n\n")
         write_atomic(out / f"{name}.md", head + table(records, knn))
         write_atomic(out / f"{name}.json", json.dumps({"config": config, "split": split, "rule": rule, "rows": records,
                                                        "knn": knn}, indent=1))
@@ -120,9 +137,10 @@ def main() -> None:
     for setting in ratio_settings(model, negation, calibration, sigmas, RATIO_SWEEPS):
         run(f"{setting.method}|gain={setting.value:g}", setting)
     if not args.no_rule:
-        rule = log.run("default rule", lambda: {**asdict(ratio_rule(model, negation, bank, sigmas, size.steps, RULE_SEED,
-                                                                    judge=lambda x: evaluator.classify(x) == label,
-                                                                    cache_dir=out / "cache", fit=fit))})
+        rule = log.run(rule_key, lambda: {**asdict(ratio_rule(model, negation, bank, sigmas, size.steps, RULE_SEED,
+                                                              judge=lambda x: evaluator.classify(x) == label,
+                                                              cache_dir=out / "cache", fit=fit, windows=windows,
+                                                              independent_judge=args.rule_judge == "conv"))})
         run(f"{RULE_METHOD}|{rule['knobs']}", rule_setting(model, negation, calibration, sigmas, rule["knobs"]))
 
     def rejection() -> dict:

@@ -61,7 +61,7 @@ def test_cache_hits_by_content_hash_and_misses_on_any_change(problem, tmp_path, 
     _, negation, bank, _, fitted = problem
     assert fit_ratio(NegationSet(negation.data.clone()), bank.clone(), FAST) is fitted  # same contents: a hit
     calls = []
-    monkeypatch.setattr(ratio_module, "_fit", lambda flat, neg, fit, key, progress: calls.append(key) or FittedRatio(
+    monkeypatch.setattr(ratio_module, "_fit", lambda flat, neg, fit, key, progress, item_shape=None: calls.append(key) or FittedRatio(
         fitted.net, fitted.covered, fitted.unsafe_share, fit, key))
     other_bank = bank.clone()
     other_bank[0, 0] += 1e-3

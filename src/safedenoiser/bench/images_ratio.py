@@ -4,8 +4,11 @@ features: the estimator must work where no judge exists), and the default knob r
 
 Rows: ``substitution-ratio`` (first half of the steps, as the kNN ``substitution`` rows), ``substitution-all-ratio``
 (every step) at the gains of :data:`RATIO_SWEEPS`, and ``substitution-ratio-rule``: the knobs
-:func:`select_knobs` picks when the fitted classifier calibrates on 3/4 of the bank and judges the held-out and trial
-samples (``calibrate=partial(RatioCalibration.fit, fit=...)``)."""
+:func:`select_knobs` picks when the fitted classifier calibrates on 3/4 of the bank (``calibrate=partial(RatioCalibration.fit,
+fit=...)``) and splits its held-out part. By default (:func:`ratio_rule`) the rule tries the window too (:func:`rule_candidates`:
+first half of the steps or every step) and counts covered trial samples with an independently fitted conv classifier
+(``judge=rule_judge(...)``, a soft count); ``windows=("half",), independent_judge=False`` is the first version (first
+half only, counted by the calibration's own classifier)."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from typing import Any, Callable
 from torch import Tensor
 
 from ..methods import CorrectedDenoiser, KnobChoice, default_candidates, holdout_size, make_correction, select_knobs
-from ..methods.ratio import RatioCalibration, RatioFit
+from ..methods.ratio import RatioCalibration, RatioFit, rule_judge
 from ..methods.window import step_windows
 from ..negation import NegationSet
 from ..zoo.images.common import generate
@@ -25,6 +28,19 @@ from .records import Setting
 RATIO_SWEEPS = {"substitution-ratio": (1.0, 2.0, 4.0), "substitution-all-ratio": (1.0, 2.0)}
 RATIO_WINDOWS = {"substitution-ratio": "half", "substitution-all-ratio": None}  # step_windows policy; None: every step
 RULE_METHOD = "substitution-ratio-rule"
+RULE_WINDOWS = {"half": "half", "all": None}  # the rule's window knob -> step_windows policy (None: every step)
+EVERY_STEP_GAINS = (0.5, 1.0, 2.0, 4.0)
+
+
+def rule_candidates(windows: tuple[str, ...] = ("half", "all")) -> list[dict[str, Any]]:
+    """The knobs the rule tries: for ``half`` the substitution candidates of :func:`default_candidates` (gain ladder, the
+    floor at gain 1) in the first half of the steps; for ``all`` the gains :data:`EVERY_STEP_GAINS` at every step (a
+    weaker correction over the whole trajectory instead of a stronger one in its first half)."""
+    unknown = set(windows) - set(RULE_WINDOWS)
+    if unknown or not windows:
+        raise ValueError(f"rule windows must be among {sorted(RULE_WINDOWS)}, got {windows}")
+    out = [{"window": "half", **knobs} for knobs in default_candidates("substitution")] if "half" in windows else []
+    return out + ([{"window": "all", "gain": g} for g in EVERY_STEP_GAINS] if "all" in windows else [])
 
 
 def image_ratio_fit(sigmas: Tensor, seed: int = 0, **settings: Any) -> RatioFit:
@@ -57,14 +73,18 @@ def ratio_settings(model: Callable[..., Tensor], negation: NegationSet, calibrat
 
 def ratio_rule(model: Callable[..., Tensor], negation: NegationSet, bank: Tensor, sigmas: Tensor, steps: int,
                seed0: int, judge: Callable[[Tensor], Tensor] | None = None, cache_dir: str | Path | None = None,
-               fit: RatioFit | None = None) -> KnobChoice:
-    """The default rule's knobs for bank substitution in the first half of the steps (as the kNN rule's row), the
-    classifier calibrating and judging; trial samples on seeds ``seed0..``. ``judge(samples) -> (B,) bool``, if given,
-    only records the judge's unsafe share of every candidate's trials (``trials[i]["judged"]``), never used to pick."""
+               fit: RatioFit | None = None, windows: tuple[str, ...] = ("half", "all"),
+               independent_judge: bool = True) -> KnobChoice:
+    """The default rule's knobs for bank substitution (:func:`rule_candidates` of ``windows``), the classifier
+    calibrating; trial samples on seeds ``seed0..``. ``independent_judge``: trial samples are counted by
+    :func:`rule_judge` (a conv classifier fitted on the calibration's split, soft count) instead of the calibration's
+    own classifier. ``judge(samples) -> (B,) bool``, if given, only records the judge's unsafe share of every
+    candidate's trials (``trials[i]["judged"]``), never used to pick."""
     seeds = list(range(seed0, seed0 + holdout_size(bank.shape[0])))
 
     def draw(knobs: dict[str, Any], calibration) -> Tensor:
-        return generate(substitution(model, negation, calibration, sigmas, "half", **knobs), seeds, steps, progress=False)
+        window = RULE_WINDOWS[knobs.pop("window", "half")]
+        return generate(substitution(model, negation, calibration, sigmas, window, **knobs), seeds, steps, progress=False)
 
     judged: list[float] = []
 
@@ -74,8 +94,9 @@ def ratio_rule(model: Callable[..., Tensor], negation: NegationSet, bank: Tensor
             judged.append(float(judge(samples).double().mean()))
         return samples.flatten(1)
 
-    choice = select_knobs(draw_and_judge, bank, negation, default_candidates("substitution"),
-                          calibrate=partial(RatioCalibration.fit, fit=fit or image_ratio_fit(sigmas), cache_dir=cache_dir))
+    choice = select_knobs(draw_and_judge, bank, negation, rule_candidates(windows),
+                          calibrate=partial(RatioCalibration.fit, fit=fit or image_ratio_fit(sigmas), cache_dir=cache_dir),
+                          judge=rule_judge(negation, cache_dir=cache_dir) if independent_judge else None)
     for trial, share in zip(choice.trials, judged):
         trial["judged"] = share
     return choice
@@ -83,9 +104,13 @@ def ratio_rule(model: Callable[..., Tensor], negation: NegationSet, bank: Tensor
 
 def rule_setting(model: Callable[..., Tensor], negation: NegationSet, calibration: RatioCalibration, sigmas: Tensor,
                  knobs: dict[str, Any]) -> Setting:
-    """The rule's row: substitution (first half of the steps) at ``knobs`` with the calibration of the whole bank."""
-    label = "gain" + ("+floor" if knobs.get("floor") else "")
-    return Setting(RULE_METHOD, label, knobs["gain"], lambda: substitution(model, negation, calibration, sigmas, "half", **knobs))
+    """The rule's row: substitution at ``knobs`` (its ``window``, default the first half of the steps) with the
+    calibration of the whole bank."""
+    knobs = dict(knobs)
+    window = knobs.pop("window", "half")
+    label = "gain" + ("+floor" if knobs.get("floor") else "") + ("" if window == "half" else f" ({window} steps)")
+    return Setting(RULE_METHOD, label, knobs["gain"],
+                   lambda: substitution(model, negation, calibration, sigmas, RULE_WINDOWS[window], **knobs))
 
 
 def bank_split(calibration: RatioCalibration, judged_unsafe: Tensor) -> dict[str, float]:
@@ -97,5 +122,5 @@ def bank_split(calibration: RatioCalibration, judged_unsafe: Tensor) -> dict[str
             "covered_not_judged": int((covered & ~judged_unsafe).sum()), "judged_not_covered": int((~covered & judged_unsafe).sum())}
 
 
-__all__ = ["RATIO_SWEEPS", "RULE_METHOD", "bank_split", "image_ratio_fit", "ratio_calibration", "ratio_rule",
+__all__ = ["RATIO_SWEEPS", "RULE_METHOD", "RULE_WINDOWS", "bank_split", "rule_candidates", "image_ratio_fit", "ratio_calibration", "ratio_rule",
            "ratio_settings", "rule_setting", "substitution"]

@@ -157,7 +157,8 @@ class KnobChoice:
 def select_knobs(draw: Callable[[dict[str, Any], Calibration], Tensor], bank: Tensor, negation: NegationSet,
                  candidates: Sequence[dict[str, Any]], *, holdout: float = 0.25, target: float = 0.01,
                  neighbours: int = 20, cut: str = "worst-case",
-                 calibrate: Callable[[Tensor, NegationSet], Calibration] | None = None) -> KnobChoice:
+                 calibrate: Callable[[Tensor, NegationSet], Calibration] | None = None,
+                 judge: Callable[[Calibration], Callable[[Tensor], Tensor]] | None = None) -> KnobChoice:
     """The default rule for the knobs of the calibrated and substitution modes, from the model, the negation set and
     the bank alone (no judge, no test seeds): hold out the last ``holdout`` share of the bank; calibrate on the rest;
     for each candidate (a dict of knobs, e.g. ``{"gain": 2.0}``) draw as many samples as were held out
@@ -172,7 +173,12 @@ def select_knobs(draw: Callable[[dict[str, Any], Calibration], Tensor], bank: Te
     share. The caller then applies the chosen knobs with a calibration of the whole bank. ``calibrate(bank,
     negation)`` builds the calibration (default: :meth:`Calibration.from_bank` with ``neighbours`` and ``cut``); with
     ``functools.partial(RatioCalibration.fit, fit=...)`` the fitted classifier, not the kNN rule, judges which
-    held-out and trial samples are covered."""
+    held-out and trial samples are covered.
+
+    ``judge(calibration)``, if given, returns a posterior q(x) in [0, 1] of covered content for clean samples (Q, D)
+    from a classifier the correction does not query (:func:`safedenoiser.methods.ratio.rule_judge`); a trial's covered
+    share is then the soft count  (1/Q) sum_i q(x_i)  (the expected unsafe share if q is calibrated; no 1/2 cut), and the
+    calibration's own hard count is kept as ``covered_by_calibration``. The held-out split stays the calibration's."""
     flat = bank.reshape(bank.shape[0], -1)
     held = holdout_size(flat.shape[0], holdout)
     if flat.shape[0] - held < 2:
@@ -189,14 +195,18 @@ def select_knobs(draw: Callable[[dict[str, Any], Calibration], Tensor], bank: Te
     if held_safe.shape[0] < 2:
         raise ValueError("select_knobs: the negation set covers nearly every held-out sample; use a larger bank")
     bandwidths = median_bandwidths(held_safe)
+    posterior = judge(calibration) if judge is not None else None
     trials = []
     for knobs in candidates:
         samples = draw(dict(knobs), calibration).reshape(-1, flat.shape[1])
         if not bool(torch.isfinite(samples).all()):
             trials.append({"knobs": dict(knobs), "covered": 1.0, "mmd": math.inf})
             continue
-        covered = float(calibration.is_covered(samples.to(fit), negation).double().mean())
-        trials.append({"knobs": dict(knobs), "covered": covered, "mmd": mmd(samples, held_safe, bandwidths)})
+        own = float(calibration.is_covered(samples.to(fit), negation).double().mean())
+        trial = {"knobs": dict(knobs), "covered": own, "mmd": mmd(samples, held_safe, bandwidths)}
+        if posterior is not None:
+            trial.update(covered=float(posterior(samples.to(fit)).double().mean()), covered_by_calibration=own)
+        trials.append(trial)
     meeting = [t for t in trials if t["covered"] <= target]
     best = min(meeting, key=lambda t: t["mmd"]) if meeting else min(trials, key=lambda t: (t["covered"], t["mmd"]))
     return KnobChoice(dict(best["knobs"]), trials, bool(meeting))

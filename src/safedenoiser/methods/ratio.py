@@ -33,7 +33,7 @@ import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -45,6 +45,9 @@ from ..kernels import nearest_distances
 from ..negation import NegationSet
 from ..negation_file import content_hash
 from .calibration import Calibration
+
+
+NETS = ("mlp", "conv")
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ class RatioFit:
     label_cut: float = 0.1  # a bank sample is covered where stage 1's p_unsafe / p_data >= label_cut
     label_sigma: float | None = None  # stage 1's noise floor; None: max(sigma_min, median NN distance in the set / sqrt(D))
     seed: int = 0
+    net: str = "mlp"  # "mlp" (:class:`RatioNet`) or "conv" (:class:`ConvRatioNet`; items must be (C, H, W) images)
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.sigma_min) and 0 < self.sigma_min < self.sigma_max and math.isfinite(self.sigma_max)):
@@ -71,6 +75,8 @@ class RatioFit:
                 raise ValueError(f"ratio fit: {name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.label_cut < 1:
             raise ValueError(f"ratio fit: label_cut must be in (0, 1), got {self.label_cut}")
+        if self.net not in NETS:
+            raise ValueError(f"ratio fit: net must be one of {', '.join(NETS)}, got {self.net!r}")
         if not self.lr > 0:
             raise ValueError(f"ratio fit: lr must be > 0, got {self.lr}")
         if self.label_sigma is not None and not (math.isfinite(self.label_sigma) and 0 < self.label_sigma < self.sigma_max):
@@ -100,15 +106,60 @@ class RatioNet(nn.Module):
         return self.out(h)[:, 0]
 
 
+class ConvRatioNet(nn.Module):
+    """logit(x, sigma) = head(conv3(conv2(conv1(c_in(sigma) (x - centre))))) on items of shape (C, H, W): three 3x3
+    convolutions (the last two with stride 2), each with FiLM on Fourier features of log sigma, then an MLP head.
+    Sees image structure (e.g. the gap between two trouser legs) that the pixel MLP has to learn from 784 numbers."""
+
+    def __init__(self, item_shape: tuple[int, ...], hidden: int, centre: Tensor, sigma_data: float, sigma_floor: float,
+                 channels: tuple[int, int, int] = (16, 32, 32), frequencies: int = 8):
+        super().__init__()
+        if len(item_shape) != 3:
+            raise ValueError(f"ratio fit: net='conv' needs image items (C, H, W), got item shape {tuple(item_shape)}")
+        self.item_shape = tuple(int(n) for n in item_shape)
+        self.register_buffer("sigma_floor", torch.tensor(float(sigma_floor)))
+        self.register_buffer("centre", centre.reshape(1, -1).float().clone())
+        self.register_buffer("sigma_data", torch.tensor(float(sigma_data)))
+        self.register_buffer("freqs", 2.0 ** torch.arange(frequencies, dtype=torch.float32) / 8)
+        self.channels = channels
+        self.embed = nn.Sequential(nn.Linear(2 * frequencies + 1, hidden), nn.SiLU(), nn.Linear(hidden, 2 * sum(channels)))
+        c, h, w = self.item_shape
+        self.convs = nn.ModuleList([nn.Conv2d(c, channels[0], 3, padding=1), nn.Conv2d(channels[0], channels[1], 3, 2, 1),
+                                    nn.Conv2d(channels[1], channels[2], 3, 2, 1)])
+        size = ((h + 1) // 2 + 1) // 2 * (((w + 1) // 2 + 1) // 2)
+        self.head = nn.Sequential(nn.Linear(channels[2] * size, hidden), nn.SiLU(), nn.Linear(hidden, 1))
+
+    def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
+        sigma = sigma.float().clamp_min(float(self.sigma_floor))
+        log_sigma = sigma.log()[:, None]
+        phase = log_sigma * self.freqs
+        film = self.embed(torch.cat([log_sigma, phase.sin(), phase.cos()], 1)).split([c for c in self.channels for _ in (0, 1)], 1)
+        c_in = torch.rsqrt(self.sigma_data**2 + sigma[:, None] ** 2)
+        h = ((x.float() - self.centre) * c_in).reshape(-1, *self.item_shape)
+        for i, conv in enumerate(self.convs):
+            h = nn.functional.silu(conv(h) * (1 + film[2 * i][:, :, None, None]) + film[2 * i + 1][:, :, None, None])
+        return self.head(h.flatten(1))[:, 0]
+
+
+def make_net(fit: RatioFit, dim: int, centre: Tensor, sigma_data: float, item_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """The classifier network that ``fit.net`` names (``item_shape``: the items' shape, needed by the conv net)."""
+    if fit.net == "conv":
+        if item_shape is None:
+            raise ValueError("ratio fit: net='conv' needs the items' image shape")
+        return ConvRatioNet(item_shape, fit.hidden, centre, sigma_data, fit.sigma_min)
+    return RatioNet(dim, fit.hidden, centre, sigma_data, fit.sigma_min)
+
+
 def fit_classifier(positive: Tensor, negative: Tensor, fit: RatioFit, *, seed: int, progress: bool = False,
-                   desc: str = "ratio fit") -> RatioNet:
-    """A :class:`RatioNet` trained with binary cross-entropy, ``fit.batch`` items of each class per step (balanced,
-    so its logit estimates log p_pos,sigma / p_neg,sigma), fresh Gaussian noise at sigma ~ log-uniform."""
+                   desc: str = "ratio fit", item_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """A :class:`RatioNet` (or :class:`ConvRatioNet`, ``fit.net``) trained with binary cross-entropy, ``fit.batch``
+    items of each class per step (balanced, so its logit estimates log p_pos,sigma / p_neg,sigma), fresh Gaussian noise
+    at sigma ~ log-uniform."""
     gen = torch.Generator().manual_seed(seed)
     both = torch.cat([positive, negative]).float()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = RatioNet(both.shape[1], fit.hidden, both.mean(0), float(both.std()), fit.sigma_min)
+        net = make_net(fit, both.shape[1], both.mean(0), float(both.std()), item_shape)
     opt = torch.optim.AdamW(net.parameters(), lr=fit.lr, weight_decay=fit.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(opt, fit.lr, total_steps=fit.steps, pct_start=0.1)
     labels = torch.cat([torch.ones(fit.batch), torch.zeros(fit.batch)])
@@ -176,20 +227,66 @@ def fit_ratio(negation: NegationSet, bank: Tensor, fit: RatioFit | None = None, 
     _check("the bank", flat)
     _check("the negation set", neg)
     key = hashlib.sha256(json.dumps([negation.content_hash, content_hash(flat), asdict(fit)]).encode()).hexdigest()[:24]
+    return _cached(key, cache_dir, fit, negation.item_shape, lambda: _fit(  # fits run on the CPU
+        flat.detach().float().cpu(), neg.detach().float().cpu(), fit, key, progress, negation.item_shape))
+
+
+def _cached(key: str, cache_dir: str | Path | None, fit: RatioFit, item_shape: tuple[int, ...],
+            make: Callable[[], FittedRatio]) -> FittedRatio:
+    """The fit stored under ``key`` in memory (last :data:`CACHE_SIZE`) or in ``cache_dir``, else ``make()`` (stored)."""
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
     path = Path(cache_dir) / f"ratio-{key}.safetensors" if cache_dir is not None else None
     if path is not None and path.exists():
-        fitted = _load(path, flat, neg, fit, key)
+        fitted = _load(path, fit, key, item_shape)
     else:
-        fitted = _fit(flat.detach().float().cpu(), neg.detach().float().cpu(), fit, key, progress)  # fits run on the CPU
+        fitted = make()
         if path is not None:
             _save(fitted, path)
     _CACHE[key] = fitted
     while len(_CACHE) > CACHE_SIZE:
         _CACHE.popitem(last=False)
     return fitted
+
+
+def fit_judge(negation: NegationSet, bank: Tensor, ratio: FittedRatio, fit: RatioFit | None = None, *,
+              cache_dir: str | Path | None = None, progress: bool = False) -> FittedRatio:
+    """An independent classifier of covered content for the default rule's counts (:func:`rule_judge`): classifier
+    B's two classes (the negation set + the bank samples ``ratio`` labels covered, against the rest of ``bank``, the bank
+    ``ratio`` was fitted on) refitted with the settings ``fit`` (default: ``ratio``'s with the conv net) and another seed,
+    so it is a network the correction built from ``ratio`` never queries. Its :meth:`FittedRatio.posterior` is
+    sigmoid(logit + log(pi_u / (1 - pi_u))) at its floor. Cached as :func:`fit_ratio` (key: ``ratio``'s key, the set's hash and shape, ``fit``)."""
+    fit = fit or replace(ratio.fit, net="conv")
+    flat = bank.reshape(bank.shape[0], -1).detach().float().cpu()
+    covered = ratio.covered.cpu()
+    if covered.shape[0] != flat.shape[0]:
+        raise ValueError(f"fit_judge: the bank has {flat.shape[0]} samples but the fitted ratio labelled {covered.shape[0]}")
+    key = hashlib.sha256(json.dumps([ratio.key, negation.content_hash, list(negation.item_shape), asdict(fit), "judge"])
+                         .encode()).hexdigest()[:24]
+
+    def make() -> FittedRatio:
+        net = fit_classifier(torch.cat([negation.flat.detach().float().cpu(), flat[covered]]), flat[~covered], fit,
+                             seed=fit.seed + 4, progress=progress, desc="rule judge", item_shape=negation.item_shape)
+        return FittedRatio(net, covered, ratio.unsafe_share, fit, key)
+
+    return _cached(key, cache_dir, fit, negation.item_shape, make)
+
+
+def rule_judge(negation: NegationSet, fit: RatioFit | None = None, *, cache_dir: str | Path | None = None,
+               progress: bool = False) -> Callable[[Calibration], Callable[[Tensor], Tensor]]:
+    """The ``judge`` argument of :func:`~safedenoiser.methods.calibration.select_knobs` for a :class:`RatioCalibration`:
+    calibration -> the posterior of covered content of :func:`fit_judge` (fitted on the calibration's own bank and
+    split). Why not the calibration's classifier itself: a correction that pushes samples away from where classifier B
+    says "covered" until the last step also pushes them out of B's decision region, whatever their content, so B
+    would count its own every-step corrections as clean (measured on images: docs/fitted-ratio.md)."""
+    def judge(calibration: Calibration) -> Callable[[Tensor], Tensor]:
+        if not isinstance(calibration, RatioCalibration):
+            raise ValueError("rule_judge needs a RatioCalibration (calibrate with RatioCalibration.fit)")
+        fitted = fit_judge(negation, calibration.bank, calibration.ratio, fit, cache_dir=cache_dir, progress=progress)
+        return fitted.posterior
+
+    return judge
 
 
 def label_sigma(neg: Tensor, fit: RatioFit) -> float:
@@ -203,13 +300,15 @@ def label_sigma(neg: Tensor, fit: RatioFit) -> float:
     return min(max(fit.sigma_min, spacing), 0.5 * fit.sigma_max)
 
 
-def _fit(flat: Tensor, neg: Tensor, fit: RatioFit, key: str, progress: bool) -> FittedRatio:
+def _fit(flat: Tensor, neg: Tensor, fit: RatioFit, key: str, progress: bool,
+         item_shape: tuple[int, ...] | None = None) -> FittedRatio:
     labelling = replace(fit, sigma_min=label_sigma(neg, fit))
     sigma = torch.full((flat.shape[0],), labelling.sigma_min)
     halves = torch.randperm(flat.shape[0], generator=torch.Generator().manual_seed(fit.seed)).chunk(2)
     stage1 = torch.empty(flat.shape[0])
     for i, (held, train) in enumerate(((halves[0], halves[1]), (halves[1], halves[0]))):
-        net = fit_classifier(neg, flat[train], labelling, seed=fit.seed + 1 + i, progress=progress, desc=f"ratio label {i + 1}/2")
+        net = fit_classifier(neg, flat[train], labelling, seed=fit.seed + 1 + i, progress=progress, desc=f"ratio label {i + 1}/2",
+                             item_shape=item_shape)
         with torch.no_grad():
             stage1[held] = net(flat[held], sigma[held])
     covered, share = covered_by(stage1, fit.label_cut)
@@ -218,7 +317,7 @@ def _fit(flat: Tensor, neg: Tensor, fit: RatioFit, key: str, progress: bool) -> 
     if not bool(covered.any()):
         share = 0.0
     net = fit_classifier(torch.cat([neg, flat[covered]]), flat[~covered], fit, seed=fit.seed + 3, progress=progress,
-                         desc="ratio fit")
+                         desc="ratio fit", item_shape=item_shape)
     return FittedRatio(net, covered, share, fit, key)
 
 
@@ -229,11 +328,12 @@ def _save(fitted: FittedRatio, path: Path) -> None:
     fileio.save_safetensors(tensors, path, {"unsafe_share": repr(fitted.unsafe_share), "key": fitted.key})
 
 
-def _load(path: Path, flat: Tensor, neg: Tensor, fit: RatioFit, key: str) -> FittedRatio:
+def _load(path: Path, fit: RatioFit, key: str, item_shape: tuple[int, ...]) -> FittedRatio:
     tensors, meta = fileio.read_safetensors(path, what="ratio cache entry")
     if meta.get("key") != key:
         raise ValueError(f"{path}: ratio cache entry does not match this negation set, bank and fit")
-    net = RatioNet(flat.shape[1], fit.hidden, torch.zeros(flat.shape[1]), 1.0, fit.sigma_min)
+    dim = math.prod(item_shape)
+    net = make_net(fit, dim, torch.zeros(dim), 1.0, item_shape)
     net.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("net.")})
     return FittedRatio(net.eval().requires_grad_(False), tensors["covered"].bool(), float(meta["unsafe_share"]), fit, key)
 
