@@ -191,6 +191,11 @@ def test_steer_scale_of_the_negative_prompt_and_bad_concepts():
     guided = x0_u + w * (x0_c - x0_u)
     T = torch.where((flag > 0)[:, None], guided - x0_e - 1.5 * (x0_c - x0_u), w * (x0_c - x0_u))
     torch.testing.assert_close(got, expected(x, sigma, guided - flag[:, None] * T, negation, reference, flag, flag))
+    from safedenoiser.methods.conditional import SafeClassifierFreeGuidance
+
+    with pytest.raises(ValueError, match="concept='trousers' needs a text pipeline"):
+        SafeClassifierFreeGuidance(model, make_correction(negation, "conditional", reference=reference,
+                                                          concept="trousers"), 3.0)
     for bad in ({"concept": ""}, {"concept": 3}, {"steer": -1.0}, {"steer": float("nan")}):
         with pytest.raises(ValueError, match="concept|steer"):
             make_correction(negation, "conditional", reference=reference, **bad)

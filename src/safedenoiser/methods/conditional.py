@@ -280,4 +280,7 @@ class SafeClassifierFreeGuidance(GuidedDenoiser):
 
     def __init__(self, denoiser: Any, correction: Correction, guidance: float, null: dict[str, Any] | None = None,
                  where: str = "auto"):
+        if getattr(correction, "concept", None) is not None:
+            raise ValueError(f"concept={correction.concept!r} needs a text pipeline that can encode it (the diffusers "
+                             "hook); a class-conditional model has no prompt to steer: drop concept")
         super().__init__(denoiser, guidance, null=null, correction=correction, where=where)
