@@ -122,3 +122,12 @@ def test_a_text_file_named_png_gets_a_message_not_a_traceback(server, browser, t
     status = _status(browser)
     assert "cannot read image not-an-image.png" in status, status
     assert "Traceback" not in browser.page_source
+
+
+def test_the_default_page_shows_the_concept_options_and_hides_the_estimator(server, browser):
+    """The default method (conditional, text-to-image) shows the concept box and steer; the bank methods' estimator
+    is hidden (test_web_options.py checks when each option is shown and sent)."""
+    _open(browser, server)
+    for element in ("concept", "steer"):
+        assert browser.find_element(By.ID, element).is_displayed(), element
+    assert not any(e.is_displayed() for e in browser.find_elements(By.ID, "estimator"))

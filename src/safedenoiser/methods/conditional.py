@@ -19,7 +19,9 @@ the estimators, gates, blends and updates of earlier versions are recorded there
   k_h(x0_hat, y_m)], h = bandwidth_scale * tau(sigma), tau the posterior spread: a request that looked unsafe at high
   noise stays flagged, one that never did is bit-identical to the plain sampler;
 * classifier-free guidance (:meth:`ConditionalCorrection.guided`): a flagged request loses the share ``guard * flag``
-  of its text direction w (x0_c - x0_u) (with a negative prompt: of g - x0_empty, the empty prompt's branch);
+  of its text direction w (x0_c - x0_u) (with a negative prompt: of g - x0_empty, the empty prompt's branch); with a
+  ``concept`` (words naming the negated content, version 6) it is steered away from them instead,
+  x0_empty + s (x0_c - x0_concept), which keeps the allowed part of a partly unsafe request more often;
 * blend: x0' <- x0' + flag clip(share - (1 - dropped), 0, 1) (E_ref - x0'), dropped = guard * flag on guided calls
   (0 otherwise): without guidance only the part beyond the unsafe mean (CFG extrapolation) is pulled to E_ref; a
   prediction whose text direction was dropped is the unguided model's, pulled by its whole share (the unguided

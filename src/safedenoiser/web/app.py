@@ -31,13 +31,15 @@ import gradio as gr  # noqa: E402
 
 from ..cli import describe  # noqa: E402
 from ..zoo.images.data import FASHION_CLASSES  # noqa: E402
-from .generation import (AVOIDED, DEFAULT_GUIDANCE, DEFAULT_PROMPT, METHODS, MODELS, SHIPPED_NEGATION,  # noqa: E402
-                         PROFILE_NEGATION, UPLOADED_NEGATION, Engine, Limits, Request, WebInputError, diagnostics_figure,
-                         labelled_grid,
-                         negation_from_uploads, without_paths, write_downloads)
+from .generation import (AVOIDED, DEFAULT_GUIDANCE, DEFAULT_PROMPT, ESTIMATORS, METHODS, MODELS,  # noqa: E402
+                         SHIPPED_NEGATION, PROFILE_NEGATION, UPLOADED_NEGATION, Engine, Limits, Request, WebInputError,
+                         diagnostics_figure, labelled_grid, negation_from_uploads, takes_concept, takes_estimator,
+                         without_paths, write_downloads)
 
 DEFAULTS = Request()
 KEEP_RUNS = 16  # download folders kept on disk (older ones are removed)
+ESTIMATOR_LABELS = {"kernel": "kernel (kNN split of the bank)",
+                    "ratio": "fitted ratio (classifiers fitted on the bank; slower)"}
 INTRO = """# safe-denoiser: plain and safe, side by side
 
 Same seeds on both sides: the left grid is the model as it is, the right grid the same model with the chosen method
@@ -59,6 +61,13 @@ def knob_update(model: str, method: str) -> tuple[Any, Any]:
     if spec.knob is None:
         return gr.update(visible=False), gr.update(value=spec.help)
     return gr.update(label=f"{spec.knob} (main knob)", value=spec.default.get(model), visible=True), gr.update(value=spec.help)
+
+
+def method_options(model: str, method: str) -> tuple[Any, Any, Any]:
+    """The options beside the main knob, shown only where they apply (and only then sent): the beta* estimator (the
+    methods that calibrate on a bank), the concept and steer (the conditional mode on the text-to-image model)."""
+    concept = takes_concept(model, method)
+    return gr.update(visible=takes_estimator(model, method)), gr.update(visible=concept), gr.update(visible=concept)
 
 
 def on_model(model: str, method: str) -> tuple[Any, ...]:
@@ -93,7 +102,8 @@ class Page:
 
     def generate(self, model: str, prompt: str, class_name: str, guidance: float | None, seed: float | None,
                  count: float, steps: float, negation_source: str, uploads: list[str] | None, method: str,
-                 knob: float | None, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
+                 knob: float | None, estimator: str = DEFAULTS.estimator, concept: str | None = None,
+                 steer: float | None = DEFAULTS.steer, progress: gr.Progress = gr.Progress()) -> tuple[Any, ...]:
         """The button: status text, both grids, the plot and the downloads; a refused input or a failure becomes one
         line in the status box (and a warning pop-up), never a traceback."""
         try:
@@ -104,7 +114,10 @@ class Page:
             request = Request(model=model, prompt=prompt, class_name=class_name,
                               guidance=guidance if model != "fashion-uncond" else None,
                               seed=0 if seed is None else seed, count=count, steps=steps, method=method,
-                              knob=knob if METHODS.get(method) and METHODS[method].knob else None)
+                              knob=knob if METHODS.get(method) and METHODS[method].knob else None,
+                              estimator=estimator if takes_estimator(model, method) else DEFAULTS.estimator,
+                              concept=concept if takes_concept(model, method) else None,
+                              steer=steer if takes_concept(model, method) else DEFAULTS.steer)
             progress(0.0, desc="loading models")
             profile = self.profile if negation_source == PROFILE_NEGATION else None
             result = self.engine.run(request, negation, lambda fraction, phase: progress(fraction, desc=phase),
@@ -143,6 +156,16 @@ def build_app(engine: Engine | None = None, profile: Any = None) -> gr.Blocks:
                 knob = gr.Number(METHODS[DEFAULTS.method].default[DEFAULTS.model],
                                  label=f"{METHODS[DEFAULTS.method].knob} (main knob)", elem_id="knob")
                 method_help = gr.Markdown(METHODS[DEFAULTS.method].help, elem_id="method-help")
+                estimator = gr.Dropdown([(ESTIMATOR_LABELS.get(name, name), name) for name in ESTIMATORS],
+                                        value=DEFAULTS.estimator, label="beta* estimator (bank methods)",
+                                        visible=takes_estimator(DEFAULTS.model, DEFAULTS.method), elem_id="estimator")
+                concept_shown = takes_concept(DEFAULTS.model, DEFAULTS.method)
+                concept = gr.Textbox("", label="Concept (empty: off)", max_length=200, elem_id="concept",
+                                     placeholder="trousers, pants, jeans", visible=concept_shown,
+                                     info="a flagged request is steered away from these words instead of losing "
+                                          "its whole prompt")
+                steer = gr.Number(DEFAULTS.steer, label="steer (>= 0, with a concept)", elem_id="steer",
+                                  visible=concept_shown)
                 with gr.Row():
                     guidance = gr.Number(DEFAULT_GUIDANCE[DEFAULTS.model], label="Guidance (CFG)", elem_id="guidance",
                                          min_width=100)
@@ -174,11 +197,13 @@ def build_app(engine: Engine | None = None, profile: Any = None) -> gr.Blocks:
                                elem_id="diagnostics")
                 files = gr.File(label="Downloads: images (zip) and the settings record (JSON)", file_count="multiple",
                                 interactive=False, elem_id="downloads")
-        model.change(on_model, [model, method], [prompt, class_name, guidance, method, knob, method_help])
+        model.change(on_model, [model, method], [prompt, class_name, guidance, method, knob, method_help]).then(
+            method_options, [model, method], [estimator, concept, steer])
         method.change(knob_update, [model, method], [knob, method_help])
+        method.change(method_options, [model, method], [estimator, concept, steer])
         uploads.upload(lambda files: gr.update(value=UPLOADED_NEGATION), uploads, negation_source)
         button.click(page.generate, [model, prompt, class_name, guidance, seed, count, steps, negation_source, uploads,
-                                     method, knob], [status, plain, safe, plot, files])
+                                     method, knob, estimator, concept, steer], [status, plain, safe, plot, files])
     app.queue(default_concurrency_limit=1, max_size=32)
     app.safedenoiser_page = page  # launch() applies its upload caps and removes its folder at exit
     return app

@@ -40,7 +40,7 @@ from ..zoo.images.network import ClassifierFreeGuidance, load_checkpoint
 from ..methods import CorrectedDenoiser, Correction, NegativeGuidance, ReferenceSet, Window
 from ..methods.conditional import SafeClassifierFreeGuidance
 from ..methods.ratio import ESTIMATORS, calibrate
-from ..methods.registry import CATALOGUE, MethodInputs, mode_name
+from ..methods.registry import CATALOGUE, MethodInputs, accepted_knobs, mode_name
 from ..methods.safree import SafreeConfig
 from ..methods.sld import SLDConfig
 from ..methods.window import step_windows, timestep_windows
@@ -83,17 +83,33 @@ class Method:
     models: tuple[str, ...] = tuple(MODELS)
     correction: bool = True
     bank: bool = False
+    concept: bool = False
     help: str = ""
 
 
 def web_methods() -> dict[str, Method]:
-    """The page's methods: every entry of the catalogue (``methods.registry``) with web defaults, in its order."""
+    """The page's methods: every entry of the catalogue (``methods.registry``) with web defaults, in its order;
+    ``bank``: it calibrates on a bank (takes the beta* estimator), ``concept``: its class takes ``concept=``."""
     return {m.name: Method(m.label, m.knob, dict(m.web), tuple(m.web), correction=m.is_correction,
-                           bank="bank" in m.needs, help=m.help)
+                           bank="bank" in m.needs, concept=m.cls is not None and "concept" in accepted_knobs(m.cls),
+                           help=m.help)
             for m in CATALOGUE.values() if m.web}
 
 
 METHODS: dict[str, Method] = web_methods()
+CONCEPT_MODEL = "fashion-t2i"  # the concept branch encodes a prompt: text pipelines only
+
+
+def takes_estimator(model: str, method: str) -> bool:
+    """Whether ``method`` on ``model`` uses ``Request.estimator`` (the methods that calibrate on a bank)."""
+    spec = METHODS.get(mode_name(method))
+    return spec is not None and spec.bank and model in spec.models
+
+
+def takes_concept(model: str, method: str) -> bool:
+    """Whether ``method`` on ``model`` uses ``Request.concept`` / ``steer`` (the conditional mode, text-to-image)."""
+    spec = METHODS.get(mode_name(method))
+    return spec is not None and spec.concept and model == CONCEPT_MODEL and model in spec.models
 
 
 @dataclass(frozen=True)
@@ -122,6 +138,8 @@ class Request:
     method: str = "conditional"
     knob: float | None = None
     estimator: str = "kernel"  # beta* of the bank methods: kernel (kNN split) or ratio (fitted classifier, methods/ratio.py)
+    concept: str | None = None  # conditional mode, fashion-t2i: words a flagged request is steered away from (None: off)
+    steer: float | None = 1.0  # the scale of that steered direction (>= 0; None: 1)
 
     @property
     def seeds(self) -> list[int]:
@@ -143,6 +161,7 @@ def resolve(request: Request, limits: Limits = Limits()) -> Request:
     if request.estimator != "kernel" and not method.bank:
         raise WebInputError(f"the {request.estimator} estimator is for the methods that calibrate on a bank "
                             f"({', '.join(n for n, m in METHODS.items() if m.bank)}), not {request.method}")
+    concept, steer = _concept(request)
     count, steps, seed = _integer(request.count, "number of images"), _integer(request.steps, "steps"), _integer(request.seed, "seed")
     if not 1 <= count <= limits.max_images:
         raise WebInputError(f"number of images must be between 1 and {limits.max_images}, got {count}")
@@ -161,7 +180,27 @@ def resolve(request: Request, limits: Limits = Limits()) -> Request:
             raise WebInputError(f"the prompt has {len(prompt)} characters; at most 200")
     if request.model == "fashion-cond" and class_name not in FASHION_CLASSES:
         raise WebInputError(f"unknown class {class_name!r}; choose one of {', '.join(FASHION_CLASSES)}")
-    return replace(request, count=count, steps=steps, seed=seed, knob=knob, guidance=guidance, prompt=prompt)
+    return replace(request, count=count, steps=steps, seed=seed, knob=knob, guidance=guidance, prompt=prompt,
+                   concept=concept, steer=steer)
+
+
+def _concept(request: Request) -> tuple[str | None, float]:
+    """``request``'s concept (whitespace collapsed; empty: None, off) and steer, refused by name where they do not
+    apply: the concept needs the conditional mode on the text-to-image model, steer >= 0 needs a concept."""
+    concept = " ".join(str(request.concept or "").split()) or None
+    steer = 1.0 if request.steer is None else _number(request.steer, "steer")
+    if concept is not None and not takes_concept(request.model, request.method):
+        takers = ", ".join(n for n, m in METHODS.items() if m.concept)
+        raise WebInputError(f"a concept is for the {takers} method on the text-to-image model ({CONCEPT_MODEL}), "
+                            f"not {request.method} on {request.model}")
+    if concept is not None and len(concept) > 200:
+        raise WebInputError(f"the concept has {len(concept)} characters; at most 200")
+    if steer < 0:
+        raise WebInputError(f"steer must be >= 0 (the scale of the direction away from the concept), got {steer:g}")
+    if concept is None and steer != 1.0:
+        raise WebInputError(f"steer {steer:g} needs a concept (it scales the direction away from the concept's words): "
+                            "enter a concept, or leave steer at 1")
+    return concept, steer
 
 
 def _integer(value: Any, what: str) -> int:
@@ -274,8 +313,9 @@ class RunResult:
         r = self.request
         plain, safe = self.share(self.plain_labels), self.share(self.safe_labels)
         changed = int((self.plain != self.safe).flatten(1).any(1).sum())
+        label = METHODS[r.method].label + (f" (concept '{r.concept}', steer {r.steer:g})" if r.concept else "")
         return (f"{r.count} images, seeds {r.seed}-{r.seed + r.count - 1}: judged '{AVOIDED}' plain "
-                f"{round(plain * r.count)}/{r.count} ({100 * plain:.0f}%), {METHODS[r.method].label} "
+                f"{round(plain * r.count)}/{r.count} ({100 * plain:.0f}%), {label} "
                 f"{round(safe * r.count)}/{r.count} ({100 * safe:.0f}%); {changed} of {r.count} images changed; "
                 f"{self.seconds.get('total', 0):.1f} s")
 
@@ -306,6 +346,11 @@ class _Ticker:
 
     def tick(self, *_: Any) -> None:
         self.done += self.weight
+        self.say(self.phase)
+
+    def say(self, phase: str) -> None:
+        """Report ``phase`` now, without advancing (work that is not model calls)."""
+        self.phase = phase
         if self.progress is not None:
             self.progress(min(1.0, self.done / self.total), self.phase)
 
@@ -430,6 +475,8 @@ class Engine:
         def make() -> Any:
             ticker.phase = f"calibration bank ({self.limits.bank} model samples, once per setting)"
             bank = draw(list(range(BANK_SEED, BANK_SEED + self.limits.bank)))
+            if request.estimator == "ratio":
+                ticker.say("fitting the ratio classifiers on the bank (once per setting)")
             try:
                 return calibrate(bank, negation, request.estimator)  # the ratio estimator fits its classifier here
             except ValueError as err:
@@ -490,15 +537,17 @@ class Engine:
                     windows: dict[str, Window], reference_sigma: float) -> Correction:
         """The request's x0 correction as the catalogue builds it (``methods.registry``), with its window policy
         (paper / authors / SGF in the paper's critical window, substitution in the first half of the steps, as
-        ``bench images``) and the authors' threshold at ``reference_sigma``."""
+        ``bench images``), the authors' threshold at ``reference_sigma`` and the request's concept and steer (the
+        conditional mode on the text-to-image model: a flagged request is steered away from the concept's words)."""
         method = CATALOGUE[request.method]
         if not method.is_correction:
             raise WebInputError(f"{request.method} is not an x0 correction")
+        concept = {"concept": request.concept, "steer": request.steer} if request.concept is not None else {}
         try:
             reference = self.reference(negation) if "reference" in method.needs else None
             inputs = MethodInputs(negation, windows, threshold_sigma=reference_sigma, calibration=calibration,
                                   reference=reference, callback=recorder)
-            return method.correction(inputs, request.knob)
+            return method.correction(inputs, request.knob, **concept)
         except ValueError as err:  # a knob out of range, a reference set the negation set covers: named by the library
             raise WebInputError(str(err)) from None
 
