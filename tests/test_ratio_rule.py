@@ -12,9 +12,10 @@ from safedenoiser import NegationSet
 from safedenoiser.bench.images_ratio import rule_candidates, rule_setting
 from safedenoiser.methods import select_knobs
 from safedenoiser.methods import ratio as ratio_module
-from safedenoiser.methods.ratio import RatioCalibration, RatioFit, calibrate, fit_judge, rule_judge
-from safedenoiser.models import make_mixture
+from safedenoiser.methods.ratio import RatioCalibration, RatioFit, fit_judge, rule_judge
 from safedenoiser.sampling import karras_sigmas
+
+from ratio_problems import image_mixture_problem  # noqa: E402
 
 FAST = RatioFit(sigma_max=5.0, steps=150, hidden=32)
 
@@ -22,12 +23,7 @@ FAST = RatioFit(sigma_max=5.0, steps=150, hidden=32)
 @pytest.fixture(scope="module")
 def problem():
     """4 modes in 4-D as (1, 2, 2) "images", mode 0 negated: 200 negation items, a bank of 400 model samples."""
-    torch.set_num_threads(1)
-    mixture = make_mixture(4, n_components=4, seed=0)
-    gen = torch.Generator().manual_seed(0)
-    negation = NegationSet(mixture.restrict([0]).sample(200, gen)[0].float().reshape(-1, 1, 2, 2), space="pixels")
-    bank = mixture.sample(400, gen)[0].float().reshape(-1, 1, 2, 2)
-    return mixture, negation, bank, calibrate(bank, negation, "ratio", fit=FAST)
+    return image_mixture_problem(FAST)
 
 
 def test_judge_is_a_conv_net_on_the_calibrations_split_and_is_cached(problem, tmp_path):

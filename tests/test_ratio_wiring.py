@@ -9,13 +9,13 @@ import math
 import pytest
 import torch
 
-from safedenoiser import NegationSet
 from safedenoiser.bench import images as image_benchmarks
 from safedenoiser.bench.images_ratio import RATIO_SWEEPS, ratio_settings, rule_setting
 from safedenoiser.methods import Calibration
 from safedenoiser.methods.ratio import ESTIMATORS, RatioCalibration, RatioFit, calibrate
-from safedenoiser.models import make_mixture
 from safedenoiser.sampling import karras_sigmas
+
+from ratio_problems import image_mixture_problem  # noqa: E402
 
 FAST = RatioFit(sigma_max=5.0, steps=100, hidden=32)
 
@@ -23,12 +23,7 @@ FAST = RatioFit(sigma_max=5.0, steps=100, hidden=32)
 @pytest.fixture(scope="module")
 def problem():
     """4 modes in 4-D as (1, 2, 2) "images", one negated: N = 200 negation items, a bank of 400 model samples."""
-    torch.set_num_threads(1)
-    mixture = make_mixture(4, n_components=4, seed=0)
-    gen = torch.Generator().manual_seed(0)
-    negation = NegationSet(mixture.restrict([0]).sample(200, gen)[0].float().reshape(-1, 1, 2, 2), space="pixels")
-    bank = mixture.sample(400, gen)[0].float().reshape(-1, 1, 2, 2)
-    return negation, bank, calibrate(bank, negation, "ratio", fit=FAST)
+    return image_mixture_problem(FAST)[1:]
 
 
 def test_calibrate_dispatches_on_the_estimator(problem):
