@@ -17,7 +17,7 @@ from pathlib import Path
 from safedenoiser.fileio import write_text
 
 COLUMNS = ("ASR explicit / evasive", "held-out ASR explicit / evasive", "fidelity (held-out)", "FD", "broken (held-out)",
-           "s / image")
+           "partly unsafe kept (held-out)", "s / image")
 
 
 def percent(value: float) -> str:
@@ -32,6 +32,8 @@ def cells(row: dict) -> list[str]:
             f"{percent(row['fidelity'])} ({percent(held.get('fidelity', float('nan')))})",
             f"{row['fd']:.1f}",
             f"{percent(row['broken'])} ({percent(held.get('broken', float('nan')))})",
+            f"{percent(row.get('extra', {}).get('partial_kept', float('nan')))} "
+            f"({percent(held.get('partial_kept', float('nan')))})",
             f"{row['seconds_per_image']:.3g}"]
 
 
@@ -61,7 +63,7 @@ def main() -> None:
     pixel, latent = (json.loads(path.read_text()) for path in (args.pixel, args.latent))
     header = (f"# Text-to-image: pixel vs latent testbed\n\nBest setting per method (chosen by `bench t2i` on its tuning "
               f"column) from `{args.pixel}` ({pixel['config'].get('pipeline', 'fashion-t2i')}) and `{args.latent}` "
-              f"({latent['config'].get('pipeline')}); fidelity and broken: tuning (held-out).\n\n")
+              f"({latent['config'].get('pipeline')}); fidelity, broken and partly unsafe requests' allowed part kept: tuning (held-out).\n\n")
     write_text(args.out, header + side_by_side(pixel, latent) + "\n")
     print(f"wrote {args.out}")
 
