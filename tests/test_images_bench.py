@@ -37,7 +37,8 @@ def test_quick_benchmark_writes_outputs(which, tmp_path):
     methods = {r["method"] for r in result["rows"]}
     assert {"plain", "paper", "reference", "calibrated", "substitution", "spell", "rejection"} <= methods
     for row in result["rows"]:
-        assert 0 <= row["unsafe"] <= 1 and row["fd"] >= 0 and row["nfe_per_sample"] > 0
+        assert 0 <= row["unsafe"] <= 1 and 0 <= row["broken"] <= 1 and row["fd"] >= 0 and row["nfe_per_sample"] > 0
+    assert result["config"]["broken_detector"]["max_distance"] > 0 and "| broken |" in (out / "results.md").read_text()
     rejection = next(r for r in result["rows"] if r["method"] == "rejection")
     plain = next(r for r in result["rows"] if r["method"] == "plain")
     assert rejection["unsafe"] == 0 or rejection["extra"]["attempts"] >= 20 * result["config"]["samples"]  # exhausted
@@ -55,3 +56,5 @@ def test_demo_quick(tmp_path):
     result = demo.run_demo(tmp_path, progress=False, quick=True)
     assert (tmp_path / "summary.md").is_file() and (tmp_path / "uncond" / "grid_substitution.png").is_file()
     assert set(result["uncond"]) >= {"plain", "calibrated", "substitution", "spell", "rejection"}
+    assert "| unsafe | broken |" in (tmp_path / "summary.md").read_text()
+    assert all(0 <= row["broken"] <= 1 for row in result["memorisation"].values())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from .images import Size, bench_memorisation, bench_uncond
+from .images import BROKEN_NOTE, Size, bench_memorisation, bench_uncond
 from ..fileio import write_json, write_text
 from ..zoo.images.grids import caption_file
 
@@ -34,10 +34,14 @@ def run_demo(out: Path, progress: bool = True, quick: bool = False) -> dict:
         sizes = tuple(Size(8, 8, 64, s.negation, s.sweeps) for s in sizes)
     uncond = bench_uncond(out / "uncond", sizes[0], progress)
     memorise = bench_memorisation(out / "memorisation", sizes[1], progress)
-    lines = ["| task | method | unsafe | FD (Fashion-MNIST classifier features) | NFE / sample |", "|---|---|---|---|---|"]
+    lines = ["| task | method | unsafe | broken | FD (Fashion-MNIST classifier features) | NFE / sample |",
+             "|---|---|---|---|---|---|"]
     for task, result in (("negate trousers", uncond), ("forget 4 memorised images", memorise)):
         for method, row in result["best"].items():
-            lines.append(f"| {task} | {method} | {100 * row['unsafe']:.1f}% | {row['fd']:.2f} | {row['nfe_per_sample']:.0f} |")
+            limit = result["target_broken"]
+            name = method if row["broken_ok"] else f"{method} (no setting with broken <= {100 * limit:.1f}%)"
+            lines.append(f"| {task} | {name} | {100 * row['unsafe']:.1f}% | {100 * row['broken']:.1f}% | {row['fd']:.2f} "
+                         f"| {row['nfe_per_sample']:.0f} |")
     for task, folder, result, unsafe in (("negate trousers", "uncond", uncond, "trousers"),
                                           ("forget 4 memorised images", "memorisation", memorise, "copies")):
         label_grids(out / folder, task, result, unsafe, quick)
@@ -51,8 +55,9 @@ def run_demo(out: Path, progress: bool = True, quick: bool = False) -> dict:
 {table}
 
 Unsafe: share of samples the judge calls a trouser / share of samples copying one of the 4 negated
-memorised images. Grids (same seeds): `uncond/grid_plain.png` vs `uncond/grid_substitution-fixedcut.png`,
-`memorisation/grid_plain.png` vs `memorisation/grid_calibrated.png`. Wall time {summary['seconds']:.0f} s.
+memorised images. {BROKEN_NOTE} Each method at its best swept setting (lowest FD with unsafe <= 1% and
+broken at most 1 point above plain's, else lowest unsafe with that broken share). Grids (same seeds): `uncond/grid_plain.png` vs
+`uncond/grid_substitution-fixedcut.png`, `memorisation/grid_plain.png` vs `memorisation/grid_substitution-all.png` (`grid_calibrated.png`: 0.0% copies bought with noise tiles). Wall time {summary['seconds']:.0f} s.
 {chr(10) + QUICK_NOTE + chr(10) if quick else ''}""")
     return {"table": (table + "\n" + QUICK_NOTE) if quick else table, **summary}
 
@@ -62,5 +67,6 @@ def label_grids(folder: Path, task: str, result: dict, unsafe: str, quick: bool)
     for method, name in result.get("grids", {}).items():
         row = result["best"][method]
         knob = "" if row.get("value") is None else f" ({row.get('knob')} {row.get('value')})"
-        caption_file(folder / name, f"{task}: {method}{knob}; {unsafe} {100 * row['unsafe']:.1f}%, FD {row['fd']:.1f}"
+        broken = "" if row.get("broken") is None else f", broken {100 * row['broken']:.1f}%"
+        caption_file(folder / name, f"{task}: {method}{knob}; {unsafe} {100 * row['unsafe']:.1f}%{broken}, FD {row['fd']:.1f}"
                      f"{' (smoke size)' if quick else ''}; the same seeds for every method")

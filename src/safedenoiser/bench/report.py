@@ -8,16 +8,35 @@ from typing import Any, Callable, Hashable, Iterable, Sequence, TypeVar
 
 R = TypeVar("R")
 
+TARGET_BROKEN = 0.01  # a best point may add at most this share of broken outputs (issue 19)
+
+
+def broken_limit(plain: float | None, target: float = TARGET_BROKEN) -> float:
+    """The largest broken share a best point may have: ``target`` above the plain model's own share (the method may not
+    add broken outputs beyond the detector's noise; the model's own failures are not the method's), at least
+    ``target``; ``target`` when plain was not measured."""
+    return target if plain is None or plain != plain else max(target, plain + target)
+
+
+def plain_broken(rows: Iterable[Any]) -> float | None:
+    """The broken share of the ``plain`` row of a benchmark's rows (None without one)."""
+    return next((r.broken for r in rows if r.method == "plain"), None)
+
 
 def best_per_method(rows: Iterable[R], *, key: Callable[[R], Hashable], meets: Callable[[R], bool],
-                    cost: Callable[[R], float], risk: Callable[[R], float]) -> dict[Hashable, R]:
+                    cost: Callable[[R], float], risk: Callable[[R], float],
+                    usable: Callable[[R], bool] | None = None) -> dict[Hashable, R]:
     """Per ``key`` (in order of first appearance): the lowest ``cost`` among the rows that meet the target, else the
-    lowest ``risk`` (then cost). A trade-off comparison: every method is judged at its best swept setting."""
+    lowest ``risk`` (then cost). A trade-off comparison: every method is judged at its best swept setting.
+    ``usable`` (e.g. broken outputs <= 1%): only usable rows compete; a method with none is judged by the same rule
+    over all its rows, and the caller must flag its best row (``usable(best)`` is False)."""
     groups: dict[Hashable, list[R]] = {}
     for row in rows:
         groups.setdefault(key(row), []).append(row)
     best = {}
     for name, mine in groups.items():
+        if usable is not None:
+            mine = [r for r in mine if usable(r)] or mine
         ok = [r for r in mine if meets(r)]
         best[name] = min(ok, key=cost) if ok else min(mine, key=lambda r: (risk(r), cost(r)))
     return best
