@@ -12,7 +12,8 @@ builds. The one intended difference is the rename of the mode ``reference`` (the
 types a name (web method, CLI mode); the benchmarks' row labels keep ``reference`` so that committed results still
 match their tables. Changed since, on purpose, in the fixture: the conditional mode's main knob on the web page is
 ``guard`` (was ``gain``, which moved nothing: issue 19 item 2). Added since: the ``conditional+concept`` rows of
-``bench t2i`` (issue 19, version 6), checked apart.
+``bench t2i`` (issue 19, version 6), checked apart; the bank modes ``calibrated`` and ``substitution`` among the
+``generate --mode`` choices (issue 24: ``generate`` draws their bank from the pipeline), checked apart.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import torch
 FIXTURE = Path(__file__).resolve().parent / "data" / "method_settings_before.json"
 WEB_FIELDS = ("label", "knob", "default", "models", "correction", "bank", "help")
 ADDED_T2I = ("conditional+concept",)  # bench t2i rows added after the catalogue (issue 19, version 6)
+ADDED_CLI = ("calibrated", "substitution")  # generate --mode choices added after the catalogue (issue 24)
 RENAMED = {"reference": "authors"}  # old user-facing mode name -> new one (the old one stays an alias)
 
 
@@ -204,6 +206,8 @@ def test_catalogue_builds_what_the_old_lists_built():
     added = [row for rows in now["t2i"].values() for row in rows if row[0] in ADDED_T2I]
     assert sorted(row[2] for row in added) == [1.0, 3.0, 5.0]  # the concept sweep is there ...
     now["t2i"] = {k: [row for row in rows if row[0] not in ADDED_T2I] for k, rows in now["t2i"].items()}  # ... and new
+    assert [m for m in now["cli_modes"] if m in ADDED_CLI] == list(ADDED_CLI)  # the bank modes are offered ...
+    now["cli_modes"] = [m for m in now["cli_modes"] if m not in ADDED_CLI]  # ... after the modes offered before
     for part in ("images", "t2i", "toy", "web", "cli_modes"):
         assert now[part] == before[part], part
 

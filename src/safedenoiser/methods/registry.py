@@ -133,8 +133,8 @@ class Method:
     samples), ``reference`` (a set of allowed items), ``negative`` (a denoiser or prompt of the negated content),
     ``text`` (a text-to-image pipeline); ``sweeps``: per benchmark; ``row``: the name benchmark rows carry (default:
     ``name``); ``label`` / ``help`` / ``web`` (default knob per model of the web page; empty: not on the page);
-    ``cls``: the class :func:`make_correction` builds for ``name`` (a mode: also offered by ``generate --mode`` when
-    it needs no bank, and stored by name in safety profiles)."""
+    ``cls``: the class :func:`make_correction` builds for ``name`` (a mode: also offered by ``generate --mode``, which
+    draws a bank from the pipeline for the modes that need one, and stored by name in safety profiles)."""
 
     name: str
     knob: str | None
@@ -319,8 +319,14 @@ def mode_classes() -> dict[str, type[Correction]]:
 
 
 def cli_modes() -> tuple[str, ...]:
-    """The modes ``generate`` / ``profile build`` offer: modes that need no bank of the pipeline's samples."""
-    return tuple(name for name in mode_classes() if "bank" not in CATALOGUE[name].needs)
+    """The modes ``generate`` offers: every mode; those of :func:`bank_modes` draw their bank from the pipeline
+    (``pipelines.bank``). ``profile build`` refuses the bank modes (a profile does not store a bank)."""
+    return tuple(mode_classes())
+
+
+def bank_modes() -> tuple[str, ...]:
+    """The modes that calibrate on a bank of the model's own samples (``needs`` holds ``bank``)."""
+    return tuple(name for name in mode_classes() if "bank" in CATALOGUE[name].needs)
 
 
 MODE_CLASSES: dict[str, type[Correction]] = mode_classes()  # as the catalogue is at import (live: mode_classes())

@@ -2,7 +2,8 @@
 
 ``generate --negation FILE`` runs the conditional mode (the one that acts on prompts with classifier-free guidance);
 without ``--reference`` it derives a reference set from the pipeline's own samples (:mod:`.reference`) and caches it
-beside the negation set. ``--safety FOLDER`` takes negation set, reference set and knobs from a safety profile
+beside the negation set; ``--mode calibrated|substitution`` draws a bank of the pipeline's unguided samples
+(:mod:`.bank`), cached there too, and calibrates on it (``--estimator kernel|ratio``). ``--safety FOLDER`` takes negation set, reference set and knobs from a safety profile
 (:mod:`.profile`). Every input file is checked before the pipeline loads; a flag of another mode is refused.
 """
 
@@ -13,20 +14,42 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..argtypes import (add_threads_option, device, finite_float, float_in, nonempty_text, nonnegative_float,
-                        nonnegative_int, positive_float, positive_int, threshold_float)
+from ..argtypes import (add_threads_option, device, finite_float, float_in, int_at_least, nonempty_text,
+                        nonnegative_float, nonnegative_int, positive_float, positive_int, threshold_float)
 from .commands import DTYPES, _dtype
 
-#: knob flags that belong to one mode (dest -> mode) and their defaults where the flag is absent
-MODE_FLAGS = {"reference": "conditional", "guard": "conditional", "gain": "conditional", "concept": "conditional",
-              "steer": "conditional", "eta": "paper",
-              "max_weight": "paper", "scale": "authors", "bandwidth": "authors"}
+#: knob flags that belong to some modes (dest -> mode, or a tuple of modes; ``BANK``: every mode that calibrates on a
+#: bank of the pipeline's samples, ``methods.registry.bank_modes``) and their defaults where the flag is absent
+BANK = "bank"
+MODE_FLAGS = {"reference": "conditional", "guard": "conditional", "gain": ("conditional", BANK),
+              "concept": "conditional", "steer": "conditional", "eta": "paper",
+              "max_weight": "paper", "scale": "authors", "bandwidth": "authors", "bank_size": BANK, "estimator": BANK}
 KNOB_DEFAULTS = {"eta": 1.0, "max_weight": 1e6, "scale": 0.1, "bandwidth": 1.0}
 SHARED_FLAGS = ("log_threshold", "window_t")
+BANK_FLAGS = ("bank_size", "estimator")  # settings of the bank, not knobs of the correction
+
+
+def flag_modes(dest: str) -> tuple[str, ...]:
+    """The modes flag ``dest`` belongs to (:data:`MODE_FLAGS`, ``BANK`` expanded from the catalogue)."""
+    from ..methods.registry import bank_modes
+
+    owners = MODE_FLAGS[dest]
+    owners = (owners,) if isinstance(owners, str) else owners
+    return tuple(m for owner in owners for m in (bank_modes() if owner == BANK else (owner,)))
+
+
+def estimator_choice(text: str) -> str:
+    """``--estimator``: a beta* estimator of ``methods.ratio.calibrate`` (read when given, not for ``--help``)."""
+    from ..methods.ratio import ESTIMATORS
+
+    if text not in ESTIMATORS:
+        raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from {', '.join(ESTIMATORS)})")
+    return text
 
 
 def mode_choices() -> tuple[str, ...]:
-    """The modes ``--mode`` offers: the catalogue's modes that need no bank (``methods.registry.cli_modes``)."""
+    """The modes ``--mode`` offers: the catalogue's modes (``methods.registry.cli_modes``; the bank modes draw their
+    bank from the pipeline, :mod:`.bank`)."""
     from ..methods.registry import cli_modes
 
     return cli_modes()
@@ -53,7 +76,8 @@ def _safety_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", type=mode_choice, default=None, metavar="MODE",
                         help="correction (default with --negation: conditional, which acts on prompts with "
                              "classifier-free guidance; 'paper' and 'authors' (the authors' code; old name "
-                             "'reference') as published)")
+                             "'reference') as published; 'calibrated' and 'substitution' calibrate on a bank of this "
+                             "pipeline's own unguided samples, drawn once and cached beside the negation set)")
     parser.add_argument("--reference", default=None,
                         help="conditional mode: a set of ALLOWED images encoded like the negation set (negation build "
                              "--role reference); default: derived from this pipeline's samples of harmless prompts "
@@ -71,7 +95,15 @@ def _safety_options(parser: argparse.ArgumentParser) -> None:
                              "- x0_concept) (default 1; larger keeps the allowed part more often and breaks more images)")
     parser.add_argument("--gain", type=positive_float, default=None,
                         help="conditional mode: prior odds that a request asks for negated content (default 1; "
-                             "0.1, 1 and 10 gave the same images in bench images cond)")
+                             "0.1, 1 and 10 gave the same images in bench images cond); calibrated / substitution: "
+                             "g in w = g beta* / r = g beta* / (1 + g beta*) (default 1)")
+    parser.add_argument("--bank-size", type=int_at_least(2), default=None,
+                        help="calibrated / substitution: unguided samples of this pipeline in the bank (default "
+                             "64), drawn once per negation set, pipeline, steps and size and cached beside the set")
+    parser.add_argument("--estimator", type=estimator_choice, default=None, metavar="{kernel,ratio}",
+                        help="calibrated / substitution: beta* from kernel densities and the kNN bank split "
+                             "(kernel, default) or from a fitted density-ratio classifier (ratio; fitted once, "
+                             "cached beside the bank; docs/fitted-ratio.md)")
     parser.add_argument("--eta", type=nonnegative_float, default=None, help="paper mode: w = eta * beta (default 1)")
     parser.add_argument("--max-weight", type=positive_float, default=None, help="paper mode: weight clip (default 1e6)")
     parser.add_argument("--scale", type=finite_float, default=None,
@@ -160,11 +192,12 @@ def check_safety_flags(args: argparse.Namespace, files: bool = True) -> str | No
             raise ValueError(f"{', '.join(flags)} needs --negation (or --safety); without one the plain pipeline runs")
         return None
     mode = args.mode or "conditional"
-    wrong = [d for d in given if MODE_FLAGS.get(d, _canonical(mode)) != _canonical(mode)]
+    wrong = [d for d in given if d in MODE_FLAGS and _canonical(mode) not in flag_modes(d)]
     if wrong:
         default = " (the default with --negation)" if args.mode is None else ""
-        raise ValueError(f"{_flag(wrong[0])} belongs to --mode {MODE_FLAGS[wrong[0]]}, but this run uses --mode "
-                         f"{mode}{default}")
+        first, *others = flag_modes(wrong[0])
+        also = f" (also of --mode {', '.join(others)})" if others else ""
+        raise ValueError(f"{_flag(wrong[0])} belongs to --mode {first}, but this run uses --mode {mode}{default}{also}")
     for what, path in (("--negation", args.negation), ("--reference", args.reference)):
         if files and path and not Path(path).is_file():
             raise FileNotFoundError(f"{what} file not found: {path}")
@@ -261,9 +294,11 @@ def _check_window_t(scheduler: Any, timestep: int) -> None:
 
 
 def profile_from_args(args: argparse.Namespace, pipe: Any, mode: str, *, fallback_dir: str | Path | None = None,
-                      log: Any = print) -> tuple[Any, str | None]:
-    """The :class:`~.profile.SafetyProfile` the flags describe, and the reference set's file (None: none). Without
-    ``--reference`` the conditional mode derives one (:func:`.reference.cached_reference`) and ``log`` says so."""
+                      log: Any = print) -> tuple[Any, dict[str, Any]]:
+    """The :class:`~.profile.SafetyProfile` the flags describe, and what each image's record adds to the correction's
+    knobs (``reference``: the reference set's file; bank modes: estimator, bank size, cache files). Without
+    ``--reference`` the conditional mode derives one (:func:`.reference.cached_reference`); a bank mode draws or
+    reuses its bank (:func:`.bank.bank_calibration`); ``log`` says which."""
     from ..negation import NegationSet, NegationSetError
     from .hook import negation_differences
     from .profile import SafetyProfile, pipeline_identity
@@ -274,15 +309,27 @@ def profile_from_args(args: argparse.Namespace, pipe: Any, mode: str, *, fallbac
         diffs = negation_differences(pipe, negation)
         if diffs:
             raise NegationSetError("negation set does not match the pipeline: " + "; ".join(diffs))
-    knobs = {d: getattr(args, d) for d in MODE_FLAGS if d != "reference" and MODE_FLAGS[d] == _canonical(mode)}
+    knobs = {d: getattr(args, d) for d in MODE_FLAGS
+             if d not in ("reference", *BANK_FLAGS) and _canonical(mode) in flag_modes(d)}
     knobs = {d: KNOB_DEFAULTS[d] if v is None and d in KNOB_DEFAULTS else v for d, v in knobs.items()}
     knobs = {d: v for d, v in knobs.items() if v is not None}
     if args.log_threshold is not None:
         knobs["log_threshold"] = args.log_threshold
     if args.window_t is not None:
         _check_window_t(pipe.scheduler, args.window_t)
-    reference, reference_file = None, None
-    if mode == "conditional":
+    reference, reference_file, extra = None, None, {}
+    if _canonical(mode) in flag_modes("bank_size"):
+        from .bank import DEFAULT_BANK_SIZE, bank_calibration
+
+        size = args.bank_size or DEFAULT_BANK_SIZE
+        bank = bank_calibration(pipe, negation, args.negation, estimator=args.estimator or "kernel", size=size,
+                                steps=args.steps, fallback_dir=fallback_dir, height=args.height, width=args.width)
+        knobs["calibration"] = bank.calibration
+        extra = bank.record()
+        log(f"--mode {mode}: {'drew' if bank.drawn else 'reusing'} a bank of {size} unguided samples of this pipeline "
+            f"(empty prompt, no guidance), cached in {bank.bank_file}; beta* estimator {bank.estimator}"
+            + (f" (fitted classifier cached in {bank.ratio_file})" if bank.ratio_file else ""))
+    elif mode == "conditional":
         if args.reference:
             reference, reference_file = _reference_set(args.reference, pipe, check=not args.no_check), args.reference
         else:
@@ -295,7 +342,7 @@ def profile_from_args(args: argparse.Namespace, pipe: Any, mode: str, *, fallbac
                 f"samples of this pipeline for harmless prompts ({dropped} covered by the negation set dropped), "
                 f"cached in {path}; real allowed images work better (negation build --role reference, then --reference)")
     profile = SafetyProfile(negation, mode, reference, knobs, args.window_t, pipeline_identity(pipe, args.model))
-    return profile, reference_file
+    return profile, {"reference": reference_file, **extra}
 
 
 # -- commands ----------------------------------------------------------------------------------------------------
@@ -316,8 +363,8 @@ def run_generate(args: argparse.Namespace) -> int:
         files = {"safety": str(args.safety), "negation": str(Path(args.safety) / NEGATION_FILE),
                  "reference": str(Path(args.safety) / REFERENCE_FILE) if profile.reference is not None else None}
     elif mode is not None:
-        profile, reference_file = profile_from_args(args, pipe, mode, fallback_dir=out, log=print)
-        files = {"negation": str(args.negation), "reference": reference_file}
+        profile, extra = profile_from_args(args, pipe, mode, fallback_dir=out, log=print)
+        files = {"negation": str(args.negation), **extra}
     if mode is not None:
         hook = profile.attach(pipe, check=not args.no_check)
         method = f"safe-denoiser/{profile.mode}"
@@ -363,7 +410,11 @@ def run_profile_build(args: argparse.Namespace) -> int:
     if not (args.negation or args.images):
         raise ValueError("profile build needs --negation (a negation set file) or --images (a folder of images of "
                          "what must not be generated)")
-    check_safety_flags(argparse.Namespace(**{**vars(args), "negation": args.negation or args.images}), files=False)
+    mode = check_safety_flags(argparse.Namespace(**{**vars(args), "negation": args.negation or args.images}),
+                              files=False)
+    if _canonical(mode) in flag_modes("bank_size"):
+        raise ValueError(f"--mode {mode} calibrates on a bank of the pipeline's own samples, which a safety profile "
+                         f"does not store: use safe-denoiser generate --negation FILE --mode {mode} instead")
     work = Path(args.out + ".build")
     if args.images or args.reference_images:
         from .negation_build import build_from_folder
