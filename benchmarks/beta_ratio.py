@@ -5,6 +5,10 @@ For each family and dimension: plain, oracle, substitution at gain 1 with the fi
 classifier (not the kNN rule) calibrates and judges. Same problems, sampler and seeds as ``bench toy``; resumable
 (runs.jsonl per family), tables rewritten atomically after every dimension.
 
+``--rule-judge independent``: the rule's trials are counted by an independent judge (``methods.ratio.rule_judge``: classifier
+B's two classes refitted with another seed, the MLP since the items are vectors; soft count), not by B itself. Every
+trial also records the exact Bayes judge's unsafe share (``exact_unsafe``: recorded, never used by the rule).
+
     nice -n 10 python benchmarks/beta_ratio.py --families adjacent mostly toy --dims 2 16 64 --out results/toy-ratio
 """
 
@@ -13,19 +17,30 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from safedenoiser.bench.toy import ToyConfig, build_problem, default_rule, method_runs, run_method
+from safedenoiser.bench.toy import (
+    ToyConfig,
+    build_problem,
+    default_rule,
+    method_runs,
+    ratio_fit,
+    run_method,
+)
+from safedenoiser.methods.ratio import rule_judge
 from safedenoiser.results import RunLog, write_atomic
 
 METHODS = ("plain", "oracle", "substitution (ratio)", "substitution (ratio, default rule)")  # ratio sweeps: gain 1 only
 RULE = "substitution (ratio)"
+RULE_JUDGES = ("calibration", "independent")
 
 
-def run(family: str, dim: int, out: Path, publish) -> list[dict]:
-    """The rows of one family and dimension; ``publish(rows so far)`` after each."""
+def run(family: str, dim: int, out: Path, publish, rule_judge_name: str = "calibration") -> list[dict]:
+    """The rows of one family and dimension; ``publish(rows so far)`` after each; ``rule_judge_name``: who counts the
+    rule's trials (``calibration``: classifier B itself, :func:`default_rule`; ``independent``: :func:`default_rule` with ``judge=rule_judge(negation, the MLP refit)``)."""
     cfg = ToyConfig(dims=(dim,), family=family, ratio=True)
     log = RunLog(out / family / "runs.jsonl")
     start = time.perf_counter()
@@ -39,11 +54,16 @@ def run(family: str, dim: int, out: Path, publish) -> list[dict]:
     rules: dict = {}
     for stage in ("sweep", "rule"):  # the default rule last: it costs a second fit and 7 x 500 trial samples
         if stage == "rule":
-            rules[RULE] = log.run(f"D={dim}|default rule v2|{RULE}", lambda: default_rule(problem, RULE, cfg))["knobs"]
+            if rule_judge_name == "independent":
+                rules[RULE] = log.run(f"D={dim}|default rule v2, independent judge|{RULE}", lambda: default_rule(problem, RULE, cfg, judge=rule_judge(
+                    problem.negation, replace(ratio_fit(cfg), net="mlp"))))["knobs"]
+            else:
+                rules[RULE] = log.run(f"D={dim}|default rule v2|{RULE}", lambda: default_rule(problem, RULE, cfg))["knobs"]
         for setting in method_runs(problem, cfg, rules):
             method, knob, value, factory = setting.method, setting.knob, setting.value, setting.make
             if method in METHODS and (method != "substitution (ratio)" or value == 1.0) and (stage == "rule") == method.endswith("rule)"):
-                record = log.run(f"D={dim}|{method}|{knob}={value:g}", lambda f=factory: run_method(problem, cfg, f))
+                tag = "|independent judge" if stage == "rule" and rule_judge_name == "independent" else ""
+                record = log.run(f"D={dim}|{method}|{knob}={value:g}{tag}", lambda f=factory: run_method(problem, cfg, f))
                 records.append({**record, "dim": dim, "method": method, "knob": knob, "value": value})
                 publish(records)
     return records
@@ -70,6 +90,9 @@ def main() -> None:
     parser.add_argument("--dims", type=int, nargs="+", default=[2, 16, 64])
     parser.add_argument("--out", default="results/toy-ratio")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rule-judge", choices=RULE_JUDGES, default="calibration",
+                        help="who counts the default rule's trials: classifier B itself (calibration) or an MLP refit of "
+                             "B's classes with another seed (independent)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -77,7 +100,7 @@ def main() -> None:
     records: list[dict] = []
     header = (f"Fitted-ratio rows (benchmarks/beta_ratio.py), {ToyConfig.samples} samples per run (seeds 0-999), "
               f"N = {ToyConfig.negation}, bank M = {ToyConfig.bank}, Heun {ToyConfig.steps} steps, seed 0, "
-              f"{args.threads} thread(s).\n\n")
+              f"{args.threads} thread(s); the rule's trials counted by: {args.rule_judge}.\n\n")
 
     def publish(rows: list[dict], family: str) -> None:
         done = records + [{**r, "family": family} for r in rows]
@@ -86,7 +109,8 @@ def main() -> None:
 
     for dim in args.dims:
         for family in args.families:
-            records += [{**r, "family": family} for r in run(family, dim, out, lambda rows, f=family: publish(rows, f))]
+            records += [{**r, "family": family} for r in run(family, dim, out, lambda rows, f=family: publish(rows, f),
+                                                             args.rule_judge)]
     print(table(records))
 
 

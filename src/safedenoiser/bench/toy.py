@@ -201,23 +201,30 @@ def rule_method(rule: str) -> str:
     return f"{rule[:-1]}, default rule)" if rule.endswith(")") else f"{rule} (default rule)"
 
 
-def default_rule(problem: Problem, mode: str, cfg: ToyConfig | None = None) -> dict[str, Any]:
+def default_rule(problem: Problem, mode: str, cfg: ToyConfig | None = None, judge: Any = None) -> dict[str, Any]:
     """The knobs the default rule (:func:`select_knobs`) picks for ``mode`` (``substitution (ratio)`` etc.: judged and
     calibrated with the fitted ratio) from the model, the negation set and the bank alone, with its trials and the
-    denoiser evaluations they cost (trial samples have their own seeds)."""
+    denoiser evaluations they cost (trial samples have their own seeds). ``judge``: who counts the trials
+    (``select_knobs(judge=)``; None: the calibration itself). Each trial also records ``exact_unsafe``, its share of
+    samples in the negated components (the mixture knows; the rule never reads it)."""
     ratio = mode.endswith("(ratio)")
     mode = rule_mode(mode)
     seeds = list(range(AUTO_SEED, AUTO_SEED + holdout_size(problem.bank.shape[0])))
     counter = EvaluationCounter()
+    exact: list[float] = []
 
     def draw(knobs: dict[str, Any], calibration: Calibration) -> Tensor:
         corrected = CorrectedDenoiser(counter.wrap(problem.mixture),
                                       make_correction(problem.negation, mode, calibration=calibration, **knobs))
-        return sample(corrected, seeds, (problem.dim,), problem.sigmas, sampler="heun")
+        samples = sample(corrected, seeds, (problem.dim,), problem.sigmas, sampler="heun")
+        exact.append(float(problem.is_unsafe(samples).double().mean()))
+        return samples
 
     choice = select_knobs(draw, problem.bank, problem.negation, default_candidates(mode), cut=problem.calibration.cut,
-                          calibrate=partial(RatioCalibration.fit, fit=ratio_fit(cfg or ToyConfig())) if ratio else None)
-    return {"knobs": choice.knobs, "meets_target": choice.meets_target, "trials": choice.trials, "evaluations": counter.rows}
+                          calibrate=partial(RatioCalibration.fit, fit=ratio_fit(cfg or ToyConfig())) if ratio else None,
+                          judge=judge)
+    trials = [{**trial, "exact_unsafe": unsafe} for trial, unsafe in zip(choice.trials, exact)]
+    return {"knobs": choice.knobs, "meets_target": choice.meets_target, "trials": trials, "evaluations": counter.rows}
 
 
 def evaluate(problem: Problem, samples: Tensor) -> dict[str, float]:
