@@ -59,8 +59,11 @@ def test_upload_caps_and_the_temp_folder_of_serve(tmp_path):
     env["PYTHONFAULTHANDLER"] = "1"  # a server that does not stop dumps its threads (SIGABRT below)
     log = tmp_path / "serve.stderr"  # a file, not a pipe: a full pipe would block the server's exit
     with open(log, "w") as err:
+        # SIGINT as a terminal delivers it: a shell that ran the tests in the background (`.ci/run &`) leaves it ignored,
+        # and an ignored SIGINT is inherited, so Ctrl+C would never reach the server (the hang this test once showed)
         proc = subprocess.Popen([sys.executable, "-m", "safedenoiser.cli", "serve", "--no-preload", "--port", str(port)],
-                                env=env, stdout=subprocess.DEVNULL, stderr=err, text=True)
+                                env=env, stdout=subprocess.DEVNULL, stderr=err, text=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
