@@ -3,6 +3,8 @@ and the conditional mode's concept and steer on the text-to-image model (issue 1
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -123,3 +125,20 @@ def test_the_page_shows_and_sends_each_option_only_where_it_applies():
     status = page.generate("fashion-t2i", "trousers", *common, "conditional", 1.0, "kernel", CONCEPT, -2, **quiet)[0]
     assert status.startswith("**Not generated:** steer must be >= 0") and len(seen) == 3
     page.close()
+
+
+def test_a_calibration_error_names_its_cause_and_hints_only_at_coverage(monkeypatch):
+    """The bank modes' calibration errors reach the page in one line; the hint about explicit requests (every bank
+    sample covered) is added only when that is the error, not to a failing ratio fit."""
+    engine = Engine.__new__(Engine)
+    engine._cached = lambda key, make: make()
+    engine._bank_key = lambda request, negation: None
+    engine.limits = SimpleNamespace(bank=4)
+    ticker = SimpleNamespace(phase="", say=lambda text: None)
+    request = SimpleNamespace(estimator="ratio")
+    for message, hinted in (("every bank sample is covered by the negation set: nothing is left", True),
+                            ("ratio fit: lr must be > 0, got 0", False)):
+        monkeypatch.setattr(generation, "calibrate", lambda *a, m=message: (_ for _ in ()).throw(ValueError(m)))
+        with pytest.raises(WebInputError) as info:
+            engine._calibration(request, None, lambda seeds: None, ticker)
+        assert message in str(info.value) and ("explicit request" in str(info.value)) == hinted

@@ -480,9 +480,9 @@ class Engine:
             try:
                 return calibrate(bank, negation, request.estimator)  # the ratio estimator fits its classifier here
             except ValueError as err:
-                raise WebInputError(f"cannot calibrate on this request: {err} (the request's own samples are all "
-                                    "negated content, as for an explicit request; the conditional mode handles "
-                                    "those)") from None
+                hint = (" (the request's own samples are all negated content, as for an explicit request; the "
+                        "conditional mode handles those)") if "covered" in str(err) else ""
+                raise WebInputError(f"cannot calibrate on this request: {err}{hint}") from None
 
         return self._cached(self._bank_key(request, negation), make)
 
