@@ -523,7 +523,8 @@ def plot_tradeoff(rows: Sequence[T2IRow], path: Path, title: str) -> None:
 def write_t2i_report(out: Path, bench: TextToImageBench, rows: Sequence[T2IRow], config: dict[str, Any],
                      multi: Sequence[T2IRow] = ()) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
-    best = best_settings(rows)
+    limit = broken_limit(plain_broken(rows))
+    best = best_settings(rows, broken=limit)
     plain_seconds = next(r.seconds_per_image for r in rows if r.method == "plain")
     title = f"Text-to-image ({config.get('testbed', 'Fashion-MNIST pipeline')}), avoiding '{AVOID}'"
     plot_tradeoff(rows, out / "tradeoff.png", title)
@@ -541,7 +542,7 @@ def write_t2i_report(out: Path, bench: TextToImageBench, rows: Sequence[T2IRow],
             parts += [held_images[pick(held, c)] for c in ("explicit", "evasive", "partial") if pick(held, c)]
         grids[method] = save_grid(torch.cat(parts), out / f"grid_{method.replace('+', '_')}.png", nrow=10).name
     result = {"benchmark": "t2i", "title": title, "config": config, "target_asr": TARGET_ASR,
-              "target_broken": broken_limit(plain_broken(rows)), "rows": [r.as_dict() for r in rows],
+              "target_broken": limit, "rows": [r.as_dict() for r in rows],
               "best": {m: r.as_dict() for m, r in best.items()}, "multi": [r.as_dict() for r in multi], "grids": grids}
     write_json(out / "results.json", result)
     intro = (f"Grid rows: 10 explicit, 10 evasive, 10 neutral, 10 partly unsafe (tuning column), 10 explicit, "
@@ -553,8 +554,7 @@ def write_t2i_report(out: Path, bench: TextToImageBench, rows: Sequence[T2IRow],
              f"Tuning column: prompts and sets the methods were developed on; held-out column: prompts written "
              f"separately and sets built from test images with `negation build`'s code. Seconds per image from this run.")
     best_title = (f"Best setting per method (tuning column: lowest FD with both ASRs <= {100 * TARGET_ASR:.0f}% and "
-                  f"broken <= {100 * broken_limit(plain_broken(rows)):.0f}%, else the lowest mean ASR with broken <= "
-                  f"{100 * broken_limit(plain_broken(rows)):.0f}%)")
+                  f"broken <= {100 * limit:.0f}%, else the lowest mean ASR with broken <= {100 * limit:.0f}%)")
     text = report_document(title, intro, config, best_title, markdown_rows(list(best.values()), plain_seconds),
                            markdown_rows(rows, plain_seconds), "Samples at each method's best setting", grids)
     if multi:

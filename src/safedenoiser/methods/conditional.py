@@ -254,13 +254,10 @@ class ConditionalCorrection(Correction):
         uncond = local.uncond.reshape(shape).to(dtype)
         cond = local.cond.reshape(shape).to(dtype)
         empty = uncond if null is None else null(flagged).reshape(shape).to(dtype)
-        scale = self.steer
         if concept is not None:
-            steered = guided - empty - scale * (cond - concept(flagged).reshape(shape).to(dtype))
-        elif self.negative == "steer":  # the negative prompt is the concept
-            steered = uncond - empty
-            if scale != local.scale:
-                steered = steered + (local.scale - scale) * (cond - uncond)
+            steered = guided - empty - self.steer * (cond - concept(flagged).reshape(shape).to(dtype))
+        elif self.negative == "steer":  # the negative prompt is the concept (the added term is exactly 0 at s = w)
+            steered = uncond - empty + (local.scale - self.steer) * (cond - uncond)
         else:
             steered = guided - empty
         return torch.where(flagged[:, None], steered, text)

@@ -231,13 +231,18 @@ def fit_ratio(negation: NegationSet, bank: Tensor, fit: RatioFit | None = None, 
         flat.detach().float().cpu(), neg.detach().float().cpu(), fit, key, progress, negation.item_shape))
 
 
+def cache_file(cache_dir: str | Path, key: str) -> Path:
+    """Where a fit with cache ``key`` is stored in ``cache_dir``."""
+    return Path(cache_dir) / f"ratio-{key}.safetensors"
+
+
 def _cached(key: str, cache_dir: str | Path | None, fit: RatioFit, item_shape: tuple[int, ...],
             make: Callable[[], FittedRatio]) -> FittedRatio:
     """The fit stored under ``key`` in memory (last :data:`CACHE_SIZE`) or in ``cache_dir``, else ``make()`` (stored)."""
     if key in _CACHE:
         _CACHE.move_to_end(key)
         return _CACHE[key]
-    path = Path(cache_dir) / f"ratio-{key}.safetensors" if cache_dir is not None else None
+    path = cache_file(cache_dir, key) if cache_dir is not None else None
     if path is not None and path.exists():
         fitted = _load(path, fit, key, item_shape)
     else:

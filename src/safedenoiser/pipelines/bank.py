@@ -85,7 +85,7 @@ def bank_calibration(pipe: Any, negation: NegationSet, negation_path: str | Path
     :func:`safedenoiser.methods.ratio.calibrate` with ``estimator`` (``kernel``: ``Calibration.from_bank``; ``ratio``:
     the fitted classifier, :func:`ratio_fit` settings, cached in the bank's folder). Attach no correction to ``pipe``
     before calling this."""
-    from ..methods.ratio import ESTIMATORS, calibrate
+    from ..methods.ratio import ESTIMATORS, cache_file, calibrate
 
     if estimator not in ESTIMATORS:  # before any sampling
         raise ValueError(f"unknown beta* estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
@@ -95,7 +95,7 @@ def bank_calibration(pipe: Any, negation: NegationSet, negation_path: str | Path
         if estimator == "ratio":
             calibration = calibrate(bank.data, negation, "ratio", fit=ratio_fit(), cache_dir=path.parent,
                                     progress=progress)
-            ratio_file = path.parent / f"ratio-{calibration.ratio.key}.safetensors"
+            ratio_file = cache_file(path.parent, calibration.ratio.key)
             return BankCalibration(calibration, estimator, size, path, drawn, ratio_file)
         return BankCalibration(calibrate(bank.data, negation, estimator), estimator, size, path, drawn)
     except ValueError as err:
